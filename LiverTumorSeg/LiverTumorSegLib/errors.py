@@ -1,0 +1,25 @@
+"""Errors that front ends show to the user as one line: each message names the problem and the fix.
+
+Every user-facing failure derives from ``LiverTumorSegError`` so that the CLI, the Slicer module and the
+trainer can catch exactly these, print them on one line, and let real bugs surface as tracebacks.
+"""
+
+
+class LiverTumorSegError(Exception):
+    """A problem with the user's input, model file or environment (not a bug in LiverTumorSeg)."""
+
+
+class InputImageError(LiverTumorSegError):
+    """The image cannot be segmented as CT (wrong dimension, NaNs, not Hounsfield units, ...)."""
+
+
+class ModelFileError(LiverTumorSegError):
+    """The model file is missing, corrupt, foreign, unsafe, or does not match its architecture."""
+
+
+class DeviceError(LiverTumorSegError):
+    """The requested compute device is not available."""
+
+
+class SegmentationCancelled(LiverTumorSegError):
+    """The progress callback asked to stop."""
