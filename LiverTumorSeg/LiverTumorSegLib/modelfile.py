@@ -1,0 +1,287 @@
+"""The one model-file format: a single ``.pt`` holding weights plus everything needed to use them.
+
+A model file is a plain dict of strings, numbers, lists and tensors written by ``torch.save`` and read
+only with ``torch.load(weights_only=True)``, so opening a file from the internet can never run code.
+Everything the pipeline needs (architecture, labels and terminology, intensity window, spacing,
+context slices, thresholds, post-processing) travels inside the file: a model trained once is used
+identically by the CLI, the Slicer module, the effect and training validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelFileError
+from .labels import LABEL_SETS, LabelSpec
+
+if TYPE_CHECKING:  # torch is imported lazily: Slicer imports this package at startup
+    import torch
+
+FORMAT = "LiverTumorSeg model"
+FORMAT_VERSION = 1
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
+@dataclass
+class ModelConfig:
+    """How to build, feed and interpret a network. Stored verbatim in the model file."""
+
+    architecture: str
+    architecture_kwargs: dict[str, Any]
+    labels: tuple[LabelSpec, ...]
+    #: sigmoid: channel i is label i (multi-label, later labels win where they overlap);
+    #: softmax: channel 0 is background and channel i+1 is label i.
+    output_activation: str = "sigmoid"
+    #: HU window; intensities are clipped to it and mapped linearly to [-1, 1]
+    window_hu: tuple[float, float] = (-200.0, 200.0)
+    #: in-plane (row, column) spacing in mm the network expects; None: use the image's own spacing
+    spacing_yx_mm: tuple[float, float] | None = None
+    #: k: the network sees slices z-k..z+k as 2k+1 input channels
+    context_slices: int = 0
+    #: probability threshold per label (sigmoid models)
+    thresholds: tuple[float, ...] = ()
+    #: lesion components smaller than this are removed
+    min_lesion_mm3: float = 10.0
+    #: lesions are kept only inside the organ dilated by this margin
+    organ_margin_mm: float = 3.0
+    #: height and width given to the network are padded to a multiple of this
+    size_multiple: int = 16
+    name: str = "unnamed model"
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = tuple(self.labels)
+        if not self.labels:
+            raise ValueError("a model needs at least one label")
+        if self.output_activation not in ACTIVATIONS:
+            raise ValueError(f"output_activation must be one of {ACTIVATIONS}")
+        if len({lab.value for lab in self.labels}) != len(self.labels):
+            raise ValueError("label values must be distinct")
+        if not self.thresholds:
+            self.thresholds = (0.5,) * len(self.labels)
+        self.thresholds = tuple(float(t) for t in self.thresholds)
+        if len(self.thresholds) != len(self.labels):
+            raise ValueError("one threshold per label is needed")
+        lo, hi = (float(v) for v in self.window_hu)
+        if not hi > lo:
+            raise ValueError("window_hu must be (low, high) with high > low")
+        self.window_hu = (lo, hi)
+        if self.spacing_yx_mm is not None:
+            self.spacing_yx_mm = tuple(float(s) for s in self.spacing_yx_mm)
+            if len(self.spacing_yx_mm) != 2 or min(self.spacing_yx_mm) <= 0:
+                raise ValueError("spacing_yx_mm must be two positive numbers or None")
+        if self.context_slices < 0:
+            raise ValueError("context_slices must be >= 0")
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.context_slices + 1
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.labels) + (1 if self.output_activation == "softmax" else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["labels"] = [lab.to_dict() for lab in self.labels]
+        d["window_hu"] = list(self.window_hu)
+        d["spacing_yx_mm"] = None if self.spacing_yx_mm is None else list(self.spacing_yx_mm)
+        d["thresholds"] = list(self.thresholds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["labels"] = tuple(LabelSpec.from_dict(x) for x in d["labels"])
+        spacing = d.get("spacing_yx_mm")
+        kwargs["spacing_yx_mm"] = None if spacing is None else tuple(spacing)
+        return cls(**kwargs)
+
+
+class SegmentationModel:
+    """A network in eval mode together with the config that says how to use it."""
+
+    def __init__(self, network: "torch.nn.Module", config: ModelConfig, source: str | None = None) -> None:
+        self.network = network.eval()
+        self.config = config
+        self.source = source
+
+    def __repr__(self) -> str:
+        return (f"SegmentationModel({self.config.name!r}, {self.config.architecture}, "
+                f"labels={[lab.name for lab in self.config.labels]})")
+
+
+def new_model(config: ModelConfig) -> SegmentationModel:
+    """A freshly initialised model for a config (what training starts from)."""
+    from .models import build_model
+
+    return SegmentationModel(build_model(config.architecture, **config.architecture_kwargs), config)
+
+
+def save_model(model: SegmentationModel, path: str | os.PathLike, overwrite: bool = False,
+               half_precision: bool = False) -> Path:
+    """Write a model file atomically; never replaces an existing file unless ``overwrite``."""
+    import torch
+
+    from .atomicfile import atomic_path
+
+    state = {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()}
+    if half_precision:  # halves the file; weights are cast back to float32 on load
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+               "state_dict": state}
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _safe_torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a one-line ModelFileError."""
+    import torch
+
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}; give the path of an existing .pt model file")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file; give the path of a .pt model file")
+    try:
+        with warnings.catch_warnings():  # odd pickle protocols warn before being refused
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModelFileError(
+            f"refused to load {path}: it contains pickled Python objects, which could run code "
+            f"(weights_only check: {str(e).splitlines()[0][:120]}); only plain weight files are accepted, "
+            f"re-save a trusted checkpoint's state_dict") from None
+    except Exception as e:  # noqa: BLE001 - the unpickler fails on garbage with arbitrary error types
+        raise ModelFileError(
+            f"{path} is corrupt, truncated or not a PyTorch file ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'}); download or copy it again") from None
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> SegmentationModel:
+    """Read a LiverTumorSeg model file; raises ModelFileError with the reason and the fix."""
+    from .models import build_model
+
+    path = Path(path)
+    payload = _safe_torch_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        hint = ""
+        if isinstance(payload, dict) and any(str(k).startswith(("module.", "Conv1.")) for k in payload):
+            hint = (f"; it looks like an authors' REC-UNet checkpoint: convert it once with "
+                    f"'livertumorseg import-weights {path} --arch rec_unet|rec_unet_em "
+                    f"--labels liver,tumor -o model.pt'")
+        raise ModelFileError(f"{path} is a PyTorch file but not a LiverTumorSeg model file{hint}")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(f"{path} has model-file format version {version!r}, newer than this LiverTumorSeg "
+                             f"understands ({FORMAT_VERSION}); update LiverTumorSeg")
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path} has an invalid model description ({e}); the file is damaged or was "
+                             f"edited by hand: re-export it") from None
+    try:
+        network = build_model(config.architecture, **config.architecture_kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path} needs architecture {config.architecture!r} with "
+                             f"{config.architecture_kwargs}, which this LiverTumorSeg cannot build ({e}); "
+                             f"update LiverTumorSeg") from None
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path} holds no weights (state_dict missing); re-export the model")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ModelFileError(f"{path}: weights do not fit architecture {config.architecture} "
+                             f"{config.architecture_kwargs} ({first[:160]}); the file is damaged") from None
+    network.float().to(device)
+    return SegmentationModel(network, config, source=str(path))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def strip_data_parallel_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """Keys saved from ``nn.DataParallel``/DDP start with ``module.``; plain modules do not."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _authors_variant(state: dict[str, Any]) -> str | None:
+    if "Conv1.conv1.0.weight" in state:
+        return "rec_unet"
+    if "Conv1.conv.0.weight" in state:
+        return "rec_unet_em"
+    return None
+
+
+def import_authors_weights(path: str | os.PathLike, arch: str, labels: str = "liver,tumor",
+                           name: str | None = None) -> SegmentationModel:
+    """Convert a checkpoint saved by the REC-UNet authors' training scripts into our model format.
+
+    Their preprocessing is fixed here once: HU clipped to [-200, 200] and divided by 200, centre
+    slice only (they build a 3-slice stack but use ``x[:, 1]``), native resolution, sigmoid outputs.
+    For MSD Task08 their channel 0 is vessel ∪ tumour, which our "later label wins" rule turns
+    into vessel and tumour labels.
+    """
+    from .models import build_model
+
+    path = Path(path)
+    if arch not in ("rec_unet", "rec_unet_em"):
+        raise ModelFileError(f"--arch must be rec_unet or rec_unet_em, not {arch!r}")
+    if labels not in LABEL_SETS or len(LABEL_SETS[labels]) != 2:
+        raise ModelFileError(f"--labels must be liver,tumor or vessel,tumor, not {labels!r}")
+    payload = _safe_torch_load(path)
+    state = payload
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if isinstance(payload.get(key), dict):
+                state = payload[key]
+                break
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise ModelFileError(f"{path} does not contain a REC-UNet state dict (a dict of tensors)")
+    state = strip_data_parallel_prefix(dict(state))
+    found = _authors_variant(state)
+    if found is None:
+        raise ModelFileError(f"{path} is not a REC-UNet checkpoint (no Conv1 block weights found)")
+    if found != arch:
+        raise ModelFileError(f"{path} holds a {found} network (key names), not {arch}; use --arch {found}")
+    first = state["Conv1.conv1.0.weight" if found == "rec_unet" else "Conv1.conv.0.weight"]
+    base_width, in_channels = int(first.shape[0]), int(first.shape[1])
+    out_channels = int(state["Conv.weight"].shape[0]) if "Conv.weight" in state else -1
+    if out_channels != 2:
+        raise ModelFileError(f"{path} has {out_channels} output channels; the authors' models have 2 "
+                             f"({labels.replace(',', ' and ')})")
+    kwargs = {"in_channels": in_channels, "out_channels": 2, "base_width": base_width}
+    network = build_model(arch, **kwargs)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path}: weights do not match {arch} {kwargs}: {str(e).splitlines()[0][:200]}") from None
+    config = ModelConfig(
+        architecture=arch, architecture_kwargs=kwargs, labels=LABEL_SETS[labels], output_activation="sigmoid",
+        window_hu=(-200.0, 200.0), spacing_yx_mm=None, context_slices=(in_channels - 1) // 2,
+        name=name or f"REC-UNet authors' weights ({path.name})",
+        description="Imported from the REC-UNet authors' checkpoint; trained on 2-D slices at native "
+                    "resolution, validated by the authors on a slice-level split.",
+        provenance={"source": "REC-UNet authors (459806555/REC-UNet)", "imported_from": path.name,
+                    "sha256": file_sha256(path), "labels": labels})
+    return SegmentationModel(network, config, source=str(path))
