@@ -1,0 +1,204 @@
+"""The one pipeline: exact geometry round trips, 2.5-D context, resampling, batching, progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LiverTumorSegLib.errors import SegmentationCancelled
+from LiverTumorSegLib.labels import LIVER, TUMOR
+from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel, new_model
+from LiverTumorSegLib.phantom import make_phantom, rotate_direction
+from LiverTumorSegLib.pipeline import run_segmentation, segment
+
+from conftest import dice, encode_labels, oracle_model
+
+GEOMETRY_CASES = [  # (shape zyx, spacing zyx, orientation, degrees of obliquity about z)
+    ((30, 75, 90), (3.0, 1.8, 1.8), "LPS", 0),
+    ((27, 64, 83), (2.5, 1.4, 1.6), "RAS", 0),
+    ((33, 70, 70), (4.0, 2.0, 2.0), "PIR", 0),
+    ((25, 61, 77), (2.0, 2.2, 1.9), "SAL", 0),
+    ((31, 66, 72), (3.3, 1.7, 1.7), "LPI", 0),
+    ((29, 80, 69), (2.7, 2.0, 2.4), "RAI", 0),
+    ((30, 72, 88), (3.0, 1.9, 1.9), "LPS", 12),
+    ((28, 70, 81), (2.8, 1.8, 2.1), "ASL", -7),
+]
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=0)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=0)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=0))
+
+
+@pytest.mark.parametrize("shape,spacing,orientation,oblique", GEOMETRY_CASES)
+def test_truth_model_reproduces_phantom_labels_exactly(shape, spacing, orientation, oblique):
+    """Any error in reorientation, padding, batching or their inverses changes voxels here."""
+    ct, truth = make_phantom(shape_zyx=shape, spacing_zyx=spacing, seed=sum(shape), orientation=orientation,
+                             lesion_diameters_mm=(10.0, 16.0))
+    if oblique:
+        ct, truth = rotate_direction(ct, oblique), rotate_direction(truth, oblique)
+    image = encode_labels(ct, truth)
+    result = run_segmentation(image, oracle_model(), device="cpu", batch_size=7)
+    assert same_geometry(result.labels, image)
+    assert result.labels.GetPixelID() == sitk.sitkUInt8
+    expected = sitk.GetArrayViewFromImage(truth)
+    got = sitk.GetArrayViewFromImage(result.labels)
+    assert np.count_nonzero(expected == 2) > 0
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "PIR", "SAL", "ILA"])
+def test_network_sees_the_same_canonical_input_whatever_the_orientation(orientation, small_phantom):
+    """A random (spatially non-trivial) network gives the same answer in physical space for any layout."""
+    ct, _ = small_phantom
+    torch.manual_seed(0)
+    cfg = ModelConfig("rec_unet", {"in_channels": 3, "out_channels": 2, "base_width": 4}, (LIVER, TUMOR),
+                      context_slices=1, thresholds=(0.5, 0.5), min_lesion_mm3=0.0)
+    model = new_model(cfg)
+    logits = []
+    hook = model.network.register_forward_hook(lambda m, i, o: logits.append(o))
+    segment(ct, model, device="cpu")
+    hook.remove()
+    # thresholds at each channel's median probability, so that both outcomes occur everywhere
+    probs = torch.sigmoid(torch.cat(logits))
+    thresholds = tuple(float(probs[:, c].median()) for c in range(2))
+    reference = sitk.GetArrayFromImage(segment(ct, model, device="cpu", thresholds=thresholds))
+    assert 0 < np.count_nonzero(reference) < reference.size  # the test needs a non-trivial output
+    moved = segment(sitk.DICOMOrient(ct, orientation), model, device="cpu", thresholds=thresholds)
+    back = sitk.GetArrayFromImage(sitk.DICOMOrient(moved, "LPS"))
+    np.testing.assert_array_equal(back, reference)
+
+
+def test_lps_input_reaches_the_network_unchanged_and_windowed(small_phantom):
+    ct, _ = small_phantom
+    seen = []
+    model = oracle_model()
+    model.network.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
+    segment(ct, model, device="cpu", batch_size=64)
+    x = torch.cat(seen)[:, 0]
+    z, h, w = ct.GetSize()[::-1]
+    assert x.shape == (z, 80, 96)  # padded up to multiples of 16
+    hu = torch.from_numpy(sitk.GetArrayFromImage(ct)).float()
+    torch.testing.assert_close(x[:, :h, :w], hu.clamp(-200, 200) / 200)
+    assert torch.all(x[:, h:, :] == -1) and torch.all(x[:, :, w:] == -1)
+
+
+@pytest.mark.parametrize("channel,shift", [(0, -1), (1, 0), (2, 1)])
+def test_context_slices_are_in_order_and_clamped_at_the_ends(channel, shift, small_phantom):
+    """Channel j of a 2k+1 stack is slice z-k+j: a model reading channel 0 predicts the slice below."""
+    ct, truth = small_phantom
+    image = encode_labels(ct, truth)
+    got = sitk.GetArrayFromImage(run_segmentation(image, oracle_model(context_slices=1, channel=channel),
+                                                  device="cpu", batch_size=4).labels)
+    t = sitk.GetArrayFromImage(truth)
+    idx = np.clip(np.arange(t.shape[0]) + shift, 0, t.shape[0] - 1)
+    np.testing.assert_array_equal(got, t[idx])
+
+
+@pytest.mark.parametrize("spacing_yx", [(2.6, 2.6), (1.0, 1.2)])
+@pytest.mark.parametrize("orientation", ["LPS", "PIR"])
+def test_inplane_resampling_round_trip(spacing_yx, orientation):
+    ct, truth = make_phantom(shape_zyx=(24, 90, 101), spacing_zyx=(3.0, 1.6, 1.7), seed=5,
+                             orientation=orientation, lesion_diameters_mm=(18.0,))
+    result = run_segmentation(encode_labels(ct, truth), oracle_model(spacing_yx_mm=spacing_yx), device="cpu")
+    assert same_geometry(result.labels, ct)
+    got = sitk.GetArrayFromImage(sitk.DICOMOrient(result.labels, "LPS"))
+    t = sitk.GetArrayFromImage(sitk.DICOMOrient(truth, "LPS"))
+    assert dice(got > 0, t > 0) > 0.95 and dice(got == 2, t == 2) > 0.8
+    # no systematic shift: the liver's centre lands within a fraction of a voxel
+    sp = np.array(sitk.DICOMOrient(ct, "LPS").GetSpacing())[::-1]
+    shift_mm = (np.array(np.nonzero(got)).mean(1) - np.array(np.nonzero(t)).mean(1)) * sp
+    assert np.all(np.abs(shift_mm) < 0.3), shift_mm
+
+
+def test_postprocessing_keeps_largest_liver_fills_holes_and_filters_lesions(small_phantom):
+    ct, truth = small_phantom
+    t = sitk.GetArrayFromImage(truth)
+    spacing = np.array(ct.GetSpacing())[::-1]
+    noisy = t.copy()
+    inner = sitk.GetArrayFromImage(sitk.BinaryErode(sitk.GetImageFromArray((t > 0).astype(np.uint8)), [1, 1, 1]))
+    zs, ys, xs = np.nonzero((inner > 0) & (t == 1))
+    noisy[zs[len(zs) // 2], ys[len(ys) // 2], xs[len(xs) // 2]] = 0  # a hole inside the liver
+    noisy[1:3, 2:5, -6:-3] = 1                                    # a separate blob far from the liver
+    noisy[1:2, 8:9, -10:-9] = 2                                   # a "tumour" outside the liver
+    body = sitk.GetArrayFromImage(ct)
+    image = encode_labels(ct, sitk.Cast(_like(noisy, truth), sitk.sitkUInt8))
+    got = sitk.GetArrayFromImage(segment(image, oracle_model(min_lesion_mm3=0.0), device="cpu"))
+    np.testing.assert_array_equal(got, t)
+    assert body.shape == got.shape
+    # a minimum lesion volume between the two lesions' volumes removes only the smaller one
+    vol = [np.count_nonzero(c) * spacing.prod() for c in _components(t == 2)]
+    cut = (min(vol) + max(vol)) / 2
+    got = sitk.GetArrayFromImage(segment(encode_labels(ct, truth), oracle_model(), device="cpu", min_lesion_mm3=cut))
+    assert len(_components(got == 2)) == 1 and np.count_nonzero(got == 2) * spacing.prod() == pytest.approx(max(vol))
+    assert np.array_equal(got > 0, t > 0)  # removed lesions stay liver
+
+
+def _like(array, ref):
+    img = sitk.GetImageFromArray(array)
+    img.CopyInformation(ref)
+    return img
+
+
+def _components(mask):
+    cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    return [cc == i for i in range(1, cc.max() + 1)]
+
+
+def test_progress_is_reported_and_cancel_stops(small_phantom):
+    ct, truth = small_phantom
+    calls = []
+    segment(ct, oracle_model(), device="cpu", batch_size=8, progress=lambda d, t: calls.append((d, t)))
+    n = ct.GetSize()[2]
+    assert calls == [(min(n, k), n) for k in range(8, n + 8, 8)]
+    seen = []
+    with pytest.raises(SegmentationCancelled):
+        segment(ct, oracle_model(), device="cpu", batch_size=8, progress=lambda d, t: seen.append(d) or False)
+    assert seen == [8]
+
+
+class _RunsOutOfMemory(torch.nn.Module):
+    """Wraps a network and fails like a full GPU whenever a batch is larger than ``limit``."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.batches = inner, limit, []
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batches.append(x.shape[0])
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_answer(small_phantom):
+    ct, truth = small_phantom
+    image = encode_labels(ct, truth)
+    base = oracle_model()
+    flaky = SegmentationModel(_RunsOutOfMemory(base.network, limit=3), base.config)
+    result = run_segmentation(image, flaky, device="cpu", batch_size=16)
+    assert result.plan.batch_size == 2 and max(flaky.network.batches) == 2
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(truth))
+
+
+def test_softmax_models_map_argmax_to_label_values(small_phantom):
+    ct, truth = small_phantom
+
+    class Softmax3(torch.nn.Module):
+        def forward(self, x):
+            c = x[:, :1]
+            return torch.cat([200 * (0.25 - c), torch.zeros_like(c), 200 * (c - 0.7)], 1) + 0 * c
+
+    cfg = ModelConfig("test_oracle", {}, (LIVER, TUMOR), output_activation="softmax", min_lesion_mm3=0)
+    got = segment(encode_labels(ct, truth), SegmentationModel(Softmax3(), cfg), device="cpu")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(truth))
+
+
+def test_bf16_autocast_path_runs_on_cpu(small_phantom):
+    ct, truth = small_phantom
+    result = run_segmentation(encode_labels(ct, truth), oracle_model(), device="cpu", precision="bf16")
+    assert result.plan.precision == "bf16"
+    assert dice(sitk.GetArrayFromImage(result.labels) > 0, sitk.GetArrayFromImage(truth) > 0) > 0.99

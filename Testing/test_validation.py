@@ -1,0 +1,72 @@
+"""Inputs that are not 3-D CT in Hounsfield units are refused with a one-line reason and fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverTumorSegLib.environment import resolve_device
+from LiverTumorSegLib.errors import DeviceError, InputImageError
+from LiverTumorSegLib.pipeline import segment
+from LiverTumorSegLib.validation import validate_ct
+
+from conftest import oracle_model
+
+
+def _img(array, spacing=None):
+    img = sitk.GetImageFromArray(array)
+    if spacing:
+        img.SetSpacing(spacing)
+    return img
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _img(np.zeros((64, 64), np.int16)), "2-D"),
+    (lambda: sitk.Image([8, 8, 8, 3], sitk.sitkInt16), "4-D"),
+    (lambda: sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 3), "values per voxel"),
+    (lambda: _img(np.full((5, 16, 16), -1000, np.int16)), "every voxel is -1000"),
+    (lambda: _img(np.where(np.indices((5, 16, 16))[2] > 8, 600.0, np.nan).astype(np.float32)), "NaN"),
+    (lambda: _img(np.random.default_rng(0).integers(0, 1200, (6, 32, 32)).astype(np.int16)), "MR"),
+    (lambda: _img(np.random.default_rng(0).integers(-1000, 300, (1, 32, 32)).astype(np.int16)), "one slice"),
+    (lambda: _img(np.random.default_rng(0).integers(-1000, 300, (4, 8, 8)).astype(np.int16), (1.0, 1.0, 80.0)),
+     "spacing"),
+])
+def test_bad_inputs_are_refused_with_a_reason(make, match):
+    with pytest.raises(InputImageError, match=match) as info:
+        validate_ct(make())
+    assert "\n" not in str(info.value)
+
+
+def test_pipeline_refuses_before_running_the_model():
+    mr = _img(np.random.default_rng(0).integers(0, 1200, (6, 32, 32)).astype(np.int16))
+    with pytest.raises(InputImageError, match="MR"):
+        segment(mr, oracle_model(), device="cpu")
+    segment(mr, oracle_model(), device="cpu", allow_non_ct=True)  # forced: runs
+
+
+def test_dicom_modality_mr_is_refused():
+    ct = _img(np.random.default_rng(0).integers(-1000, 300, (4, 16, 16)).astype(np.int16))
+    validate_ct(ct, modality="CT")
+    with pytest.raises(InputImageError, match="modality is MR"):
+        validate_ct(ct, modality="MR")
+
+
+def test_clipped_body_cropped_ct_is_accepted():
+    """Real data cropped to the body with HU clipped to [-200, 400] (like the IRCADb set) is still CT."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(60, 30, (8, 40, 40))
+    a[:, :, :8] = -100  # subcutaneous fat
+    validate_ct(_img(np.clip(a, -200, 400).astype(np.int16)))
+
+
+def test_unavailable_devices_are_named():
+    import torch
+
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="--device cpu"):
+            resolve_device("cuda")
