@@ -1,0 +1,239 @@
+"""``livertumorseg``: segment CT files, import the authors' weights, show the environment, make phantoms.
+
+Each bad case gets one line saying what is wrong and how to fix it; the other cases still run and
+the exit code is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import LiverTumorSegError
+
+log = logging.getLogger("livertumorseg")
+
+MODEL_ENV = "LIVERTUMORSEG_MODEL"
+
+
+def _error(message: str) -> None:
+    print(f"livertumorseg: error: {message}", file=sys.stderr)
+
+
+def default_model_path() -> Path | None:
+    """The model used when ``--model`` is not given: ``$LIVERTUMORSEG_MODEL``, else the shipped default."""
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV])
+    shipped = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "liver_tumor_default.pt"
+    return shipped if shipped.exists() else None
+
+
+def output_paths(outdir: Path, case_id: str) -> dict[str, Path]:
+    return {"labels": outdir / f"{case_id}.labels.nii.gz", "segmentation": outdir / f"{case_id}.seg.nrrd",
+            "report": outdir / f"{case_id}.report.json"}
+
+
+def case_report(result, case_id: str, source: str, paths: dict[str, Path]) -> dict:
+    """The per-case JSON report: volumes and lesions in physical units, model and timing."""
+    from .report import lesion_report
+
+    cfg = result.model.config
+    organ = next((lab for lab in cfg.labels if lab.role == "organ"), None)
+    lesion = next((lab for lab in cfg.labels if lab.role == "lesion"), None)
+    report = {"case": case_id, "input": source, "outputs": {k: str(v) for k, v in paths.items()},
+              "labels": {lab.name: lab.value for lab in cfg.labels}}
+    if organ is not None and lesion is not None:
+        report.update(lesion_report(result.labels, organ_value=organ.value, lesion_value=lesion.value,
+                                    organ_name=organ.name, lesion_name=lesion.name))
+    report["model"] = {"name": cfg.name, "file": result.model.source, "architecture": cfg.architecture,
+                       "provenance": cfg.provenance}
+    report["run"] = result.summary()
+    report["livertumorseg_version"] = __version__
+    return report
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .atomicfile import write_image_atomic, write_json_atomic
+    from .imageio import discover_cases, read_case
+    from .modelfile import load_model
+    from .pipeline import run_segmentation
+    from .segfile import write_seg_nrrd
+
+    model_path = Path(args.model) if args.model else default_model_path()
+    if model_path is None:
+        _error("no model given and no default model installed; pass --model FILE "
+               "(train one, or convert the authors' weights with 'livertumorseg import-weights')")
+        return 2
+    model = load_model(model_path)
+    cases = discover_cases(args.inputs)
+    if not cases:
+        _error(f"no CT images or DICOM series found in {' '.join(args.inputs)}")
+        return 2
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2 or args.quiet):
+        paths = output_paths(outdir, case.case_id)
+        try:
+            existing = [str(p) for p in paths.values() if p.exists()]
+            if existing and not args.overwrite:
+                raise LiverTumorSegError(f"outputs exist ({existing[0]}); pass --overwrite to replace them")
+            image, modality = read_case(case)
+            with tqdm(total=1, desc=case.case_id, unit="slice", leave=False, disable=args.quiet) as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                result = run_segmentation(
+                    image, model, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                    progress=progress, allow_non_ct=args.allow_non_ct, modality=modality,
+                    min_lesion_mm3=args.min_lesion_mm3, thresholds=args.thresholds)
+            t = time.perf_counter()
+            write_image_atomic(result.labels, paths["labels"], overwrite=args.overwrite)
+            write_seg_nrrd(result.labels, result.model.config.labels, paths["segmentation"], overwrite=args.overwrite)
+            result.seconds["write"] = time.perf_counter() - t
+            report = case_report(result, case.case_id, str(case.path), paths)
+            write_json_atomic(paths["report"], report, overwrite=args.overwrite)
+            if not args.quiet:
+                tqdm.write(_one_line_summary(case.case_id, report))
+        except LiverTumorSegError as e:
+            failed += 1
+            _error(f"{case.case_id}: {e}")
+        except Exception as e:  # noqa: BLE001 - one bad case must not stop a batch
+            if args.debug:
+                raise
+            failed += 1
+            _error(f"{case.case_id}: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+    return 1 if failed else 0
+
+
+def _one_line_summary(case_id: str, report: dict) -> str:
+    run = report["run"]
+    parts = [f"{case_id}: done in {run['seconds'].get('total', 0):.1f} s on {run['device']}"]
+    if "organ_volume_ml" in report:
+        parts.append(f"{report.get('organ_name', 'organ')} {report['organ_volume_ml']:.0f} mL, "
+                     f"{report['lesion_count']} lesion(s) {report['lesion_volume_ml']:.1f} mL "
+                     f"({report['lesion_burden_percent']:.1f} %)")
+    return "; ".join(parts)
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    from .modelfile import import_authors_weights, save_model
+
+    model = import_authors_weights(args.checkpoint, args.arch, args.labels, name=args.name)
+    path = save_model(model, args.output, overwrite=args.overwrite, half_precision=args.half)
+    print(f"wrote {path}: {model.config.architecture} {model.config.architecture_kwargs}, "
+          f"labels {[lab.name for lab in model.config.labels]}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .environment import environment_info
+
+    info = environment_info()
+    default = default_model_path()
+    info["default_model"] = str(default) if default else None
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from .atomicfile import write_image_atomic
+    from .phantom import make_phantom
+
+    ct, labels = make_phantom(shape_zyx=tuple(args.shape), spacing_zyx=tuple(args.spacing), seed=args.seed,
+                              orientation=args.orientation)
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    name = f"phantom{args.seed}"
+    write_image_atomic(ct, outdir / f"{name}.nii.gz", overwrite=args.overwrite)
+    write_image_atomic(labels, outdir / f"{name}_truth.nii.gz", overwrite=args.overwrite)
+    print(f"wrote {outdir / (name + '.nii.gz')} and its ground truth {outdir / (name + '_truth.nii.gz')}")
+    return 0
+
+
+def _thresholds(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("thresholds are comma-separated numbers, e.g. 0.5,0.4") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livertumorseg", description="Liver and liver-tumour segmentation of CT.")
+    p.add_argument("--version", action="version", version=f"livertumorseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment CT volumes (files, DICOM series folders, or folders of them)")
+    s.add_argument("inputs", nargs="+", metavar="INPUT")
+    s.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    s.add_argument("--model", metavar="FILE", help=f"model file (.pt); default: ${MODEL_ENV} or the shipped model")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--batch-size", type=int, default=None, metavar="N", help="slices per batch (default: by device)")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--thresholds", type=_thresholds, default=None, metavar="T1,T2",
+                   help="probability threshold per label (default: the model's)")
+    s.add_argument("--min-lesion-mm3", type=float, default=None, metavar="MM3",
+                   help="remove lesions smaller than this (default: the model's)")
+    s.add_argument("--allow-non-ct", action="store_true", help="skip the check that the input is CT in HU")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    s.set_defaults(func=cmd_segment)
+
+    w = sub.add_parser("import-weights", help="convert a REC-UNet authors' checkpoint into a model file")
+    w.add_argument("checkpoint", metavar="AUTHORS.pth")
+    w.add_argument("--arch", required=True, choices=["rec_unet", "rec_unet_em"])
+    w.add_argument("--labels", default="liver,tumor", choices=["liver,tumor", "vessel,tumor"])
+    w.add_argument("-o", "--output", required=True, metavar="MODEL.pt")
+    w.add_argument("--name", default=None, help="model name shown to users")
+    w.add_argument("--half", action="store_true", help="store fp16 weights (half the file size)")
+    w.add_argument("--overwrite", action="store_true")
+    w.set_defaults(func=cmd_import_weights)
+
+    i = sub.add_parser("info", help="versions, torch build, CUDA/MPS, GPU name and free memory")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    ph = sub.add_parser("phantom", help="write a synthetic CT phantom and its ground truth")
+    ph.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--shape", type=int, nargs=3, default=(96, 256, 256), metavar=("Z", "Y", "X"))
+    ph.add_argument("--spacing", type=float, nargs=3, default=(2.5, 1.5, 1.5), metavar=("SZ", "SY", "SX"))
+    ph.add_argument("--orientation", default="LPS", help="DICOM orientation code of the written image")
+    ph.add_argument("--overwrite", action="store_true")
+    ph.set_defaults(func=cmd_phantom)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="livertumorseg: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except LiverTumorSegError as e:
+        _error(str(e))
+        return 2
+    except FileExistsError as e:
+        _error(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
