@@ -125,7 +125,11 @@ def test_damaged_entries_are_named(tmp_path):
     with pytest.raises(ModelFileError, match="do not fit"):
         load_model(tmp_path / "missing_key.pt")
     payload["state_dict"] = model.network.state_dict()
-    payload["config"] = dict(payload["config"], architecture="resnet9000")
+    payload["config"] = dict(model.config.to_dict(), normalization="zscore_v9")
+    torch.save(payload, tmp_path / "norm.pt")
+    with pytest.raises(ModelFileError, match="normalization"):
+        load_model(tmp_path / "norm.pt")
+    payload["config"] = dict(model.config.to_dict(), architecture="resnet9000")
     torch.save(payload, tmp_path / "arch.pt")
     with pytest.raises(ModelFileError, match="resnet9000"):
         load_model(tmp_path / "arch.pt")
@@ -139,7 +143,8 @@ def test_import_authors_weights(tmp_path, variant):
     cfg = model.config
     assert cfg.architecture == variant and cfg.architecture_kwargs == {"in_channels": 1, "out_channels": 2,
                                                                         "base_width": 64}
-    assert cfg.window_hu == (-200.0, 200.0) and cfg.context_slices == 0 and cfg.spacing_yx_mm is None
+    assert cfg.window_hu == (-200.0, 200.0) and cfg.normalization == "window_to_unit"
+    assert cfg.context_slices == 0 and cfg.spacing_yx_mm is None
     assert [lab.name for lab in cfg.labels] == ["Liver", "Tumor"] and cfg.output_activation == "sigmoid"
     assert len(cfg.provenance["sha256"]) == 64
     ours = model.network.state_dict()

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # torch is imported lazily: Slicer imports this package at st
 FORMAT = "LiverTumorSeg model"
 FORMAT_VERSION = 1
 ACTIVATIONS = ("sigmoid", "softmax")
+#: window_to_unit: HU clipped to ``window_hu`` and mapped linearly to [-1, 1] (the authors' /200 for [-200, 200])
+NORMALIZATIONS = ("window_to_unit",)
 
 
 @dataclass
@@ -39,8 +41,10 @@ class ModelConfig:
     #: sigmoid: channel i is label i (multi-label, later labels win where they overlap);
     #: softmax: channel 0 is background and channel i+1 is label i.
     output_activation: str = "sigmoid"
-    #: HU window; intensities are clipped to it and mapped linearly to [-1, 1]
+    #: HU window the intensities are clipped to
     window_hu: tuple[float, float] = (-200.0, 200.0)
+    #: how clipped HU become network input (see NORMALIZATIONS)
+    normalization: str = "window_to_unit"
     #: in-plane (row, column) spacing in mm the network expects; None: use the image's own spacing
     spacing_yx_mm: tuple[float, float] | None = None
     #: k: the network sees slices z-k..z+k as 2k+1 input channels
@@ -64,6 +68,8 @@ class ModelConfig:
             raise ValueError("a model needs at least one label")
         if self.output_activation not in ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {ACTIVATIONS}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}")
         if len({lab.value for lab in self.labels}) != len(self.labels):
             raise ValueError("label values must be distinct")
         if not self.thresholds:
@@ -278,7 +284,8 @@ def import_authors_weights(path: str | os.PathLike, arch: str, labels: str = "li
         raise ModelFileError(f"{path}: weights do not match {arch} {kwargs}: {str(e).splitlines()[0][:200]}") from None
     config = ModelConfig(
         architecture=arch, architecture_kwargs=kwargs, labels=LABEL_SETS[labels], output_activation="sigmoid",
-        window_hu=(-200.0, 200.0), spacing_yx_mm=None, context_slices=(in_channels - 1) // 2,
+        window_hu=(-200.0, 200.0), normalization="window_to_unit", spacing_yx_mm=None,
+        context_slices=(in_channels - 1) // 2,
         name=name or f"REC-UNet authors' weights ({path.name})",
         description="Imported from the REC-UNet authors' checkpoint; trained on 2-D slices at native "
                     "resolution, validated by the authors on a slice-level split.",
