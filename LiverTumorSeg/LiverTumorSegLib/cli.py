@@ -24,7 +24,8 @@ MODEL_ENV = "LIVERTUMORSEG_MODEL"
 
 
 def _error(message: str) -> None:
-    print(f"livertumorseg: error: {message}", file=sys.stderr)
+    """One line per problem, even when a library's message spans several."""
+    print("livertumorseg: error: " + " ".join(str(message).split()), file=sys.stderr)
 
 
 def default_model_path() -> Path | None:
