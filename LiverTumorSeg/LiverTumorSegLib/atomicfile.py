@@ -73,6 +73,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, overwrite: bool = False
             f.write("\n")
 
 
+def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = False) -> None:
+    """UTF-8 text, atomically. The encoding is explicit: ITK's DICOM reader can switch the process locale
+    to "C", after which Python's default text encoding is ASCII."""
+    with atomic_path(path, overwrite=overwrite) as temp:
+        with open(temp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike, overwrite: bool = False,
                        compress: bool = True) -> None:
     """Write a SimpleITK image atomically; the format follows the extension of ``path``."""

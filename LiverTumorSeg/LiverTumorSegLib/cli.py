@@ -217,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--orientation", default="LPS", help="DICOM orientation code of the written image")
     ph.add_argument("--overwrite", action="store_true")
     ph.set_defaults(func=cmd_phantom)
+
+    try:  # the training commands, when the training core is installed beside this one
+        from LiverTumorSegTrainLib.commands import register
+    except ModuleNotFoundError as e:
+        if e.name != "LiverTumorSegTrainLib":
+            raise
+    else:
+        register(sub)
     return p
 
 

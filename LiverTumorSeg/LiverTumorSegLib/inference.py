@@ -88,7 +88,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _resize(t: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+def resize(t: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
     """Linear in-plane resampling between grids covering the same physical extent."""
     import torch.nn.functional as F
 
@@ -98,24 +98,32 @@ def _resize(t: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-def network_input(slab: "torch.Tensor", plan: InferencePlan, model: SegmentationModel) -> "torch.Tensor":
-    """HU slices (n + 2k, H, W) -> network input (n, 2k+1, H', W'): resample, window, pad, stack context.
+def normalize_hu(t: "torch.Tensor", window_hu: tuple[float, float]) -> "torch.Tensor":
+    """HU -> network intensities (``window_to_unit``: clip to the window, map to [-1, 1])."""
+    lo, hi = window_hu
+    return (t.float().clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
 
-    Shared with training so that what the network sees there is exactly what it sees here.
-    """
-    import torch.nn.functional as F
 
-    cfg = model.config
-    t = _resize(slab.float().unsqueeze(1), plan.model_size_yx)
-    lo, hi = cfg.window_hu
-    t = (t.clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
-    ph, pw = plan.padded_size_yx[0] - t.shape[-2], plan.padded_size_yx[1] - t.shape[-1]
-    if ph or pw:
-        t = F.pad(t, (0, pw, 0, ph), value=-1.0)
-    k = cfg.context_slices
+def stack_context(t: "torch.Tensor", k: int) -> "torch.Tensor":
+    """(n + 2k, 1, H, W) consecutive slices -> (n, 2k+1, H, W): channel j of output i is slice i + j."""
     if k == 0:
         return t
     return t[:, 0].unfold(0, 2 * k + 1, 1).permute(0, 3, 1, 2)
+
+
+def network_input(slab: "torch.Tensor", plan: InferencePlan, model: SegmentationModel) -> "torch.Tensor":
+    """HU slices (n + 2k, H, W) -> network input (n, 2k+1, H', W'): resample, window, pad, stack context.
+
+    Training builds its inputs from the same ``normalize_hu`` and ``stack_context``, so what the
+    network sees there is exactly what it sees here.
+    """
+    import torch.nn.functional as F
+
+    t = normalize_hu(resize(slab.float().unsqueeze(1), plan.model_size_yx), model.config.window_hu)
+    ph, pw = plan.padded_size_yx[0] - t.shape[-2], plan.padded_size_yx[1] - t.shape[-1]
+    if ph or pw:
+        t = F.pad(t, (0, pw, 0, ph), value=-1.0)
+    return stack_context(t, model.config.context_slices)
 
 
 def channel_bits(logits: "torch.Tensor", plan: InferencePlan, model: SegmentationModel,
@@ -126,12 +134,12 @@ def channel_bits(logits: "torch.Tensor", plan: InferencePlan, model: Segmentatio
     cfg = model.config
     logits = logits[:, :, :plan.model_size_yx[0], :plan.model_size_yx[1]].float()
     if cfg.output_activation == "softmax":
-        probs = _resize(torch.softmax(logits, dim=1), out_size)
+        probs = resize(torch.softmax(logits, dim=1), out_size)
         label = probs.argmax(dim=1)
         bits = torch.where(label > 0, torch.bitwise_left_shift(torch.ones_like(label), (label - 1).clamp(min=0)),
                            torch.zeros_like(label))
         return bits.to(torch.uint8)
-    probs = _resize(torch.sigmoid(logits), out_size)
+    probs = resize(torch.sigmoid(logits), out_size)
     bits = torch.zeros(probs.shape[0], *out_size, dtype=torch.uint8, device=probs.device)
     for c, threshold in enumerate(thresholds):
         bits |= (probs[:, c] > threshold).to(torch.uint8) << c
