@@ -1,0 +1,111 @@
+"""Which slices a training epoch sees, and how they become input/target tensors.
+
+Every sample is a pure function of (seed, epoch, sample index): the epoch's slice list, each crop and
+each augmentation are drawn from generators seeded with those numbers. So a run resumed from a
+checkpoint, or split across DDP processes, sees exactly the samples an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from LiverTumorSegLib.labels import LabelSpec
+
+from .cache import CachedCase
+
+AIR_HU = -1024
+
+
+@dataclass(frozen=True)
+class Sample:
+    case: int
+    z: int
+    index: int  # position in the epoch, for per-sample random streams
+
+
+def epoch_samples(cases: list[CachedCase], n: int, epoch: int, seed: int, tumor_fraction: float,
+                  background_fraction: float) -> list[Sample]:
+    """``n`` slices for one epoch: tumour slices oversampled, some liver-free slices for negatives.
+
+    Cases are drawn uniformly (a 250-slice scan does not count more than an 80-slice one); pseudo-
+    labelled cases are drawn like labelled ones and down-weighted in the loss instead.
+    """
+    rng = np.random.default_rng([seed, epoch, 0x5A])
+    with_tumor = [i for i, c in enumerate(cases) if c.lesion_slices.size]
+    samples = []
+    for index in range(n):
+        u = rng.random()
+        if u < tumor_fraction and with_tumor:
+            ci = with_tumor[rng.integers(len(with_tumor))]
+            pool = cases[ci].lesion_slices
+        else:
+            ci = int(rng.integers(len(cases)))
+            case = cases[ci]
+            background = u >= 1 - background_fraction or case.organ_slices.size == 0
+            pool = np.arange(case.image.shape[0]) if background else case.organ_slices
+        samples.append(Sample(int(ci), int(pool[rng.integers(len(pool))]), index))
+    return samples
+
+
+def channel_targets(labels: np.ndarray, specs: tuple[LabelSpec, ...]) -> np.ndarray:
+    """Label values -> one binary target per model channel (sigmoid models).
+
+    An organ channel includes the lesions inside it (tumour is liver tissue: the authors' nested
+    [liver ⊇ tumour] channels); every other channel is its own label value only.
+    """
+    lesion_values = [s.value for s in specs if s.role == "lesion"]
+    out = np.empty((len(specs),) + labels.shape, dtype=np.float32)
+    for c, spec in enumerate(specs):
+        values = [spec.value] + (lesion_values if spec.role == "organ" else [])
+        out[c] = np.isin(labels, values)
+    return out
+
+
+def _crop_origin(case: CachedCase, z: int, crop: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of a crop that contains a random foreground point when there is one."""
+    h, w = case.image.shape[1:]
+    fg = np.argwhere(case.labels[z] > 0)
+    if fg.size:
+        cy, cx = fg[rng.integers(len(fg))]
+        cy += rng.integers(-crop // 4, crop // 4 + 1)
+        cx += rng.integers(-crop // 4, crop // 4 + 1)
+    else:
+        cy, cx = rng.integers(h), rng.integers(w)
+    return int(cy) - crop // 2, int(cx) - crop // 2
+
+
+def _window(array: np.ndarray, zs: np.ndarray, y0: int, x0: int, size: tuple[int, int], fill) -> np.ndarray:
+    """array[zs, y0:y0+h, x0:x0+w] with out-of-range parts filled (crops may overhang the slice)."""
+    h, w = size
+    out = np.full((len(zs), h, w), fill, dtype=array.dtype)
+    ys, xs = max(0, y0), max(0, x0)
+    ye, xe = min(array.shape[1], y0 + h), min(array.shape[2], x0 + w)
+    if ye > ys and xe > xs:
+        out[:, ys - y0:ye - y0, xs - x0:xe - x0] = array[zs, ys:ye, xs:xe]
+    return out
+
+
+def build_batch(cases: list[CachedCase], samples: list[Sample], specs: tuple[LabelSpec, ...], context: int,
+                crop: int | None, multiple: int, epoch: int, seed: int):
+    """(HU slices, targets, weights) tensors for a batch: (B, 2k+1, S, S), (B, C, S, S), (B,)."""
+    import torch
+
+    if crop is None:  # whole slices, padded to a common size (a multiple of the network's)
+        h = max(cases[s.case].image.shape[1] for s in samples)
+        w = max(cases[s.case].image.shape[2] for s in samples)
+        size = (-(-h // multiple) * multiple, -(-w // multiple) * multiple)
+    else:
+        size = (crop, crop)
+    images, targets, weights = [], [], []
+    for s in samples:
+        case = cases[s.case]
+        rng = np.random.default_rng([seed, epoch, s.index, 0xC0])
+        y0, x0 = _crop_origin(case, s.z, crop, rng) if crop is not None else (0, 0)
+        zs = np.clip(np.arange(s.z - context, s.z + context + 1), 0, case.image.shape[0] - 1)
+        images.append(_window(case.image, zs, y0, x0, size, AIR_HU))
+        targets.append(channel_targets(_window(case.labels, np.array([s.z]), y0, x0, size, 0)[0], specs))
+        weights.append(case.weight)
+    return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)),
+            torch.tensor(weights, dtype=torch.float32))

@@ -1,0 +1,139 @@
+"""Preprocess each training case once into memory-mappable slices at the model's spacing.
+
+Reading and resampling a NIfTI or DICOM CT takes seconds; a training run draws tens of thousands of
+slices. So every case is brought once into the pipeline's canonical frame (the same exact
+reorientation inference uses) and in-plane spacing, and stored as int16 HU + uint8 labels ``.npy``
+files with an index of its liver and tumour slices. The cache key covers the source files and every
+setting that changes the stored arrays, so a changed setting or a replaced file is never served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class CachedCase:
+    """One preprocessed case: canonical (z, y, x) arrays at the model grid, opened memory-mapped."""
+
+    case_id: str
+    image: np.ndarray  # int16 HU
+    labels: np.ndarray  # uint8 label values
+    spacing_zyx: tuple[float, float, float]
+    organ_slices: np.ndarray  # z indices with any label
+    lesion_slices: np.ndarray  # z indices with a lesion label
+    weight: float = 1.0  # loss weight (pseudo-labelled cases < 1)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "livertumorseg" / "preprocessed"
+
+
+def _file_signature(path: Path | None) -> list:
+    if path is None:
+        return [None]
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def cache_key(case, spacing_mm: float | None, lesion_values: tuple[int, ...]) -> str:
+    """Hash of the source files and of every setting that changes the cached arrays."""
+    blob = json.dumps({"version": CACHE_VERSION, "case": case.case_id, "kind": case.kind,
+                       "image": _file_signature(case.image_path), "label": _file_signature(case.label_path),
+                       "labels": list(case.label_names), "spacing": spacing_mm, "lesions": list(lesion_values)},
+                      sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def _resample_case(ct, labels, spacing_mm: float | None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Canonical orientation (exact), then in-plane linear resampling exactly as inference does it."""
+    import SimpleITK as sitk
+    import torch
+
+    from LiverTumorSegLib.geometry import CanonicalFrame, resampled_size
+    from LiverTumorSegLib.inference import resize
+
+    frame = CanonicalFrame.of_image(ct)
+    volume = frame.view(sitk.GetArrayViewFromImage(ct))
+    lab = frame.view(sitk.GetArrayViewFromImage(labels))
+    z, h, w = volume.shape
+    sz, sy, sx = frame.spacing_zyx
+    if spacing_mm is None:
+        return np.ascontiguousarray(volume, dtype=np.int16), np.ascontiguousarray(lab, dtype=np.uint8), (sz, sy, sx)
+    size = (resampled_size(h, sy, spacing_mm), resampled_size(w, sx, spacing_mm))
+    out_img = np.empty((z,) + size, dtype=np.int16)
+    out_lab = np.empty((z,) + size, dtype=np.uint8)
+    values = np.arange(int(lab.max()) + 1)
+    for z0 in range(0, z, 16):
+        with torch.inference_mode():
+            slab = torch.from_numpy(np.ascontiguousarray(volume[z0:z0 + 16], dtype=np.float32)).unsqueeze(1)
+            out_img[z0:z0 + 16] = resize(slab, size)[:, 0].round().clamp(-32768, 32767).short().numpy()
+            # labels: linear interpolation of each value's indicator, then the most likely value
+            lab_slab = torch.from_numpy(np.ascontiguousarray(lab[z0:z0 + 16], dtype=np.int64))
+            onehot = (lab_slab.unsqueeze(1) == torch.from_numpy(values).view(1, -1, 1, 1)).float()
+            out_lab[z0:z0 + 16] = resize(onehot, size).argmax(dim=1).to(torch.uint8).numpy()
+    return out_img, out_lab, (sz, h * sy / size[0], w * sx / size[1])  # effective spacing of that grid
+
+
+def _save_atomically(target: Path, image: np.ndarray, labels: np.ndarray, meta: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        np.save(tmp / "image.npy", image)
+        np.save(tmp / "labels.npy", labels)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process (DDP rank, parallel run) finished the same case first
+            if not (target / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def open_cached(folder: Path, weight: float = 1.0) -> CachedCase:
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    return CachedCase(case_id=meta["case_id"], image=np.load(folder / "image.npy", mmap_mode="r"),
+                      labels=np.load(folder / "labels.npy", mmap_mode="r"),
+                      spacing_zyx=tuple(meta["spacing_zyx"]), organ_slices=np.asarray(meta["organ_slices"], int),
+                      lesion_slices=np.asarray(meta["lesion_slices"], int), weight=weight)
+
+
+def prepare_cases(cases: Iterable, cache_dir: str | Path | None, spacing_mm: float | None,
+                  lesion_values: tuple[int, ...], weight: float = 1.0, progress: bool = True) -> list[CachedCase]:
+    """Preprocess (once) and open every case; returns memory-mapped cases in input order."""
+    from tqdm import tqdm
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cases = list(cases)
+    out = []
+    for case in tqdm(cases, desc="preprocessing", unit="case", disable=not progress or not cases):
+        folder = cache / f"{case.case_id}-{cache_key(case, spacing_mm, lesion_values)}"
+        if not (folder / "meta.json").exists():
+            ct, labels = case.load()
+            if labels is None:
+                raise ValueError(f"case {case.case_id} has no labels; it cannot be used for training")
+            image, lab, spacing = _resample_case(ct, labels, spacing_mm)
+            lesion = np.isin(lab, lesion_values)
+            meta = {"case_id": case.case_id, "spacing_zyx": list(spacing), "shape": list(image.shape),
+                    "organ_slices": np.flatnonzero(lab.any(axis=(1, 2))).tolist(),
+                    "lesion_slices": np.flatnonzero(lesion.any(axis=(1, 2))).tolist(),
+                    "source": str(case.image_path), "version": CACHE_VERSION}
+            _save_atomically(folder, image, lab, meta)
+        out.append(open_cached(folder, weight))
+    return out

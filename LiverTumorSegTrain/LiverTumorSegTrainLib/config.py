@@ -1,0 +1,123 @@
+"""Training settings and the published recipes as presets.
+
+A run is fully described by a ``TrainConfig``; it is stored in every checkpoint and in the model file's
+provenance, so a model can always be traced back to (and retrained from) the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from LiverTumorSegLib.labels import LIVER, TUMOR, VESSEL, LabelSpec, terminology_string
+
+OPTIMIZERS = ("adam", "ranger")
+SCHEDULES = ("constant", "cosine", "step")
+LOSSES = ("bce_dice", "dice", "focal_dice")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run does (paths included, so a run can be resumed)."""
+
+    data: list[str]
+    output: str
+    pseudo: list[str] = field(default_factory=list)
+    #: loss weight of pseudo-labelled samples relative to labelled ones (CARes-UNet's semi-supervision)
+    pseudo_weight: float = 0.5
+    kind: str = "auto"
+    architecture: str = "rec_unet"
+    base_width: int = 16
+    context_slices: int = 1
+    #: in-plane model spacing (mm, isotropic); None trains at each scan's native spacing
+    spacing_mm: float | None = 2.0
+    window_hu: tuple[float, float] = (-200.0, 250.0)
+    #: square training crop in model pixels around the liver; None uses whole slices
+    crop: int | None = 128
+    epochs: int = 40
+    #: optimisation steps per epoch; None: one pass over the training cases' liver slices
+    steps_per_epoch: int | None = None
+    batch_size: int = 8
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    #: for schedule "step": [[epoch, lr], ...]: from that epoch on, use that learning rate
+    lr_steps: list[list[float]] = field(default_factory=list)
+    warmup_epochs: int = 1
+    loss: str = "bce_dice"
+    #: share of samples drawn from slices containing tumour (oversampling), and from liver-free slices
+    tumor_fraction: float = 0.5
+    background_fraction: float = 0.1
+    augment: bool = True
+    folds: int = 5
+    fold: int = 0
+    #: explicit validation case ids (overrides folds)
+    val_cases: list[str] = field(default_factory=list)
+    split_seed: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    val_every: int = 1
+    cache_dir: str | None = None
+    name: str = "LiverTumorSeg model"
+    preset: str = "fast-cpu"
+
+    def __post_init__(self) -> None:
+        self.window_hu = tuple(float(v) for v in self.window_hu)  # type: ignore[assignment]
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}")
+        if self.crop is not None and (self.crop < 16 or self.crop % 16):
+            raise ValueError("crop must be a multiple of 16 (the network's size multiple)")
+        if not 0 <= self.fold < max(1, self.folds):
+            raise ValueError(f"fold must be in 0..{self.folds - 1}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+#: Published and practical recipes; command-line options override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # A recipe that trains a useful model on 2 CPU cores in about two hours (issue: fast CPU recipe).
+    "fast-cpu": dict(architecture="rec_unet", base_width=16, context_slices=1, spacing_mm=2.0, crop=128,
+                     batch_size=8, optimizer="adam", lr=2e-3, schedule="cosine", warmup_epochs=1, epochs=40,
+                     loss="bce_dice", augment=True, window_hu=(-200.0, 250.0)),
+    # The REC-UNet authors' LiTS recipe: full width, native 512² slices, Adam 3e-4 for 100 epochs then 1e-4 for
+    # 20, batch 4, BCE + soft Dice, no augmentation -- but with a patient-level split and real 2.5-D input.
+    "rec-unet-lits": dict(architecture="rec_unet", base_width=64, context_slices=1, spacing_mm=None, crop=None,
+                          batch_size=4, optimizer="adam", lr=3e-4, schedule="step", lr_steps=[[100, 1e-4]],
+                          warmup_epochs=0, epochs=120, loss="bce_dice", augment=False, window_hu=(-200.0, 200.0)),
+    # CARes-UNet's optimiser on the REC-UNet network: Ranger 5e-4.
+    "ranger": dict(optimizer="ranger", lr=5e-4, schedule="cosine"),
+    # The demo: a small network on small phantoms, about three minutes on 2 CPU cores.
+    "demo": dict(architecture="rec_unet", base_width=8, context_slices=1, spacing_mm=2.5, crop=96, batch_size=8,
+                 optimizer="adam", lr=3e-3, schedule="cosine", warmup_epochs=1, epochs=12, steps_per_epoch=40,
+                 loss="bce_dice", augment=True, window_hu=(-200.0, 250.0), folds=0, val_every=4),
+}
+
+
+def label_specs(names: tuple[str, ...]) -> tuple[LabelSpec, ...]:
+    """Model labels for a dataset's label names (value i+1 for name i), with colours and terminology."""
+    known = {"liver": LIVER, "tumor": TUMOR, "vessel": VESSEL}
+    specs = []
+    for value, name in enumerate(names, start=1):
+        base = known.get(name.lower())
+        if base is not None:
+            specs.append(dataclasses.replace(base, value=value))
+        else:
+            specs.append(LabelSpec(name.title(), value, (128, 174, 128),
+                                   terminology_string(("SCT", "123037004", "Anatomical Structure"),
+                                                      ("", "", name)), "structure"))
+    return tuple(specs)

@@ -1,0 +1,330 @@
+"""The training loop: patient-level splits, seeded sampling, AMP/DDP, exact resume, pipeline validation.
+
+The best model is chosen by per-case 3-D Dice computed by running the real inference pipeline on
+whole validation volumes: the number a user will get, not a per-slice proxy (the REC-UNet authors
+selected checkpoints on per-slice scores of a slice-level split that shared patients with training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from LiverTumorSegLib.atomicfile import write_json_atomic, write_text_atomic
+from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel, save_model
+from LiverTumorSegLib.models import build_model
+
+from .augment import augment
+from .batches import build_batch, epoch_samples
+from .cache import CachedCase, prepare_cases
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, label_specs
+from .losses import LOSSES
+from .optim import make_optimizer, make_scheduler
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    history: list[dict[str, Any]]
+    best_score: float | None
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def _init_distributed(device_kind: str) -> _Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU (tests, 2-process CPU runs), NCCL on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return _Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                 int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def split_cases(case_ids: list[str], cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """Patient-level, seeded, k-fold split of case ids: never by slice."""
+    ids = sorted(case_ids)
+    if cfg.val_cases:
+        missing = sorted(set(cfg.val_cases) - set(ids))
+        if missing:
+            raise LiverTumorSegError(f"validation cases not found in the data: {', '.join(missing)}")
+        val = set(cfg.val_cases)
+    elif cfg.folds >= 2:
+        if len(ids) < cfg.folds:
+            raise LiverTumorSegError(f"{len(ids)} cases cannot make {cfg.folds} folds; use --folds {len(ids)} or fewer")
+        order = np.random.default_rng(cfg.split_seed).permutation(len(ids))
+        val = {ids[i] for pos, i in enumerate(order) if pos % cfg.folds == cfg.fold}
+    else:
+        val = set()
+    return [i for i in ids if i not in val], [i for i in ids if i in val]
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    s = int(pred.sum()) + int(ref.sum())
+    return 1.0 if s == 0 else 2.0 * float(np.logical_and(pred, ref).sum()) / s
+
+
+def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str) -> dict[str, Any]:
+    """Per-case 3-D Dice per label through the real pipeline on whole volumes (LiTS: empty/empty = 1)."""
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.pipeline import segment
+
+    per_case = {}
+    for case_id, ct, ref in val_data:
+        labels = segment(ct, model, device=device)  # keep the image alive: the array below is a view of it
+        pred, truth = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ref)
+        scores = {}
+        for spec in model.config.labels:
+            values = [spec.value] + ([s.value for s in model.config.labels if s.role == "lesion"]
+                                     if spec.role == "organ" else [])
+            scores[spec.name.lower()] = _dice(np.isin(pred, values), np.isin(truth, values))
+        per_case[case_id] = scores
+    names = [s.name.lower() for s in model.config.labels]
+    mean = {n: float(np.mean([c[n] for c in per_case.values()])) for n in names}
+    return {"per_case": per_case, "dice": mean, "score": float(np.mean(list(mean.values())))}
+
+
+def _write_logs(out: Path, history: list[dict[str, Any]]) -> None:
+    rows = [{k: v for k, v in h.items() if not isinstance(v, dict)} for h in history]
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "epoch", k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "log.csv", buf.getvalue(), overwrite=True)
+    write_json_atomic(out / "log.json", history, overwrite=True)
+    from .plots import learning_curves
+
+    learning_curves(history, out / "curves.png")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
+        self.cfg, self.resume, self.progress = cfg, resume, progress
+        self.out = Path(cfg.output)
+        if not resume and (self.out / CHECKPOINT).exists() and not overwrite:
+            raise LiverTumorSegError(f"{self.out} already holds a training run; pass --resume to continue it "
+                                     f"or --overwrite to start over")
+
+    def _load_data(self, dist: _Dist):
+        from .datasets import find_cases
+
+        cfg = self.cfg
+        labelled = [c for root in cfg.data for c in find_cases(root, kind=cfg.kind)]
+        if not labelled:
+            raise LiverTumorSegError(f"no labelled cases found in {', '.join(cfg.data)}")
+        names = {c.label_names for c in labelled}
+        if len(names) > 1:
+            raise LiverTumorSegError(f"the datasets use different labels {sorted(names)}; train on one label set")
+        label_names = labelled[0].label_names
+        ids = [c.case_id for c in labelled]
+        if len(set(ids)) != len(ids):
+            raise LiverTumorSegError("case ids repeat across the datasets; give each dataset distinct case names")
+        train_ids, val_ids = split_cases(ids, cfg)
+        specs = label_specs(label_names)
+        lesion_values = tuple(s.value for s in specs if s.role == "lesion")
+        by_id = {c.case_id: c for c in labelled}
+        pseudo = [c for root in cfg.pseudo for c in find_cases(root, kind="auto")]
+        # rank 0 preprocesses first; the others then open the same cache
+        for turn in ([0, 1] if dist.world > 1 else [0]):
+            if (turn == 0) == dist.main:
+                cached = prepare_cases([by_id[i] for i in train_ids], cfg.cache_dir, cfg.spacing_mm, lesion_values,
+                                       progress=self.progress and dist.main)
+                cached += prepare_cases(pseudo, cfg.cache_dir, cfg.spacing_mm, lesion_values, weight=cfg.pseudo_weight,
+                                        progress=self.progress and dist.main)
+            dist.barrier()
+        val_data = []
+        if dist.main:
+            for i in val_ids:
+                ct, ref = by_id[i].load()
+                val_data.append((i, ct, ref))
+        return specs, cached, train_ids, val_ids, val_data
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        from LiverTumorSegLib.environment import resolve_device
+
+        device = resolve_device(cfg.device)
+        dist = _init_distributed(device.type)
+        if dist.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(device)
+        try:
+            return self._run(device, dist)
+        finally:
+            if dist.world > 1:
+                torch.distributed.destroy_process_group()
+
+    def _run(self, device: torch.device, dist: _Dist) -> TrainResult:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        if dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        specs, cases, train_ids, val_ids, val_data = self._load_data(dist)
+        model_cfg = ModelConfig(
+            architecture=cfg.architecture,
+            architecture_kwargs={"in_channels": 2 * cfg.context_slices + 1, "out_channels": len(specs),
+                                 "base_width": cfg.base_width},
+            labels=specs, window_hu=cfg.window_hu, context_slices=cfg.context_slices,
+            spacing_yx_mm=None if cfg.spacing_mm is None else (cfg.spacing_mm, cfg.spacing_mm), name=cfg.name,
+            provenance={"trainer": "LiverTumorSeg", "config": cfg.to_dict(), "train_cases": train_ids,
+                        "val_cases": val_ids})
+        net = build_model(model_cfg.architecture, **model_cfg.architecture_kwargs).to(device)
+        multiple = getattr(net, "size_multiple", 16)
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(cfg, net.parameters())
+        scheduler = make_scheduler(cfg, optimizer)
+        amp_dtype = None
+        if cfg.amp and device.type == "cuda":
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        start_epoch, best, history = 0, None, []
+        if self.resume:
+            ckpt = load_checkpoint(self.out / CHECKPOINT)
+            net.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["history"]
+            set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        train_net = net
+        if dist.world > 1:
+            train_net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            train_net = torch.compile(train_net)
+        loss_fn = LOSSES[cfg.loss]
+        steps = cfg.steps_per_epoch or max(1, sum(len(c.organ_slices) for c in cases) // (cfg.batch_size * dist.world))
+        from tqdm import tqdm
+
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            net.train()
+            samples = epoch_samples(cases, steps * cfg.batch_size * dist.world, epoch, cfg.seed,
+                                    cfg.tumor_fraction, cfg.background_fraction)[dist.rank::dist.world]
+            losses = []
+            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
+                       disable=not (self.progress and dist.main))
+            for step in bar:
+                batch = samples[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                x, y, w = self._inputs(cases, batch, specs, multiple, epoch, net_cfg=model_cfg)
+                x, y, w = x.to(device), y.to(device), w.to(device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+                with ctx:
+                    logits = train_net(x)
+                loss = (loss_fn(logits.float(), y) * w).sum() / w.sum()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            seconds = time.perf_counter() - t0
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": lr,
+                                      "seconds": round(seconds, 2),
+                                      "slices_per_s": round(steps * cfg.batch_size * dist.world / seconds, 2)}
+            if dist.main:
+                model = SegmentationModel(copy.deepcopy(net).eval(), copy.deepcopy(model_cfg))
+                last = epoch + 1 == cfg.epochs
+                if val_data and ((epoch + 1) % max(1, cfg.val_every) == 0 or last):
+                    t1 = time.perf_counter()
+                    result = validate(model, val_data, str(device))
+                    record.update({f"val_dice_{k}": v for k, v in result["dice"].items()})
+                    record["val_score"] = result["score"]
+                    record["val_per_case"] = result["per_case"]
+                    record["val_seconds"] = round(time.perf_counter() - t1, 2)
+                    if best is None or result["score"] > best:
+                        best = result["score"]
+                        self._save_model(model, record, epoch)
+                elif not val_data:
+                    self._save_model(model, record, epoch)
+                history.append(record)
+                save_checkpoint(self.out / CHECKPOINT, {
+                    "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "rng": self._gather_rng(dist), "epoch": epoch, "best_score": best, "history": history,
+                    "config": cfg.to_dict()})
+                _write_logs(self.out, history)
+                if self.progress:
+                    print(_epoch_line(record, cfg.epochs), flush=True)
+            else:
+                self._gather_rng(dist)
+            dist.barrier()
+        return TrainResult(self.out / MODEL, history, best)
+
+    def _inputs(self, cases: list[CachedCase], batch, specs, multiple, epoch, net_cfg: ModelConfig):
+        from LiverTumorSegLib.inference import normalize_hu
+
+        cfg = self.cfg
+        hu, y, w = build_batch(cases, batch, specs, cfg.context_slices, cfg.crop, multiple, epoch, cfg.seed)
+        x = normalize_hu(hu, net_cfg.window_hu)
+        if cfg.augment:
+            x, y = augment(x, y, [(cfg.seed, epoch, s.index) for s in batch])
+        return x, y, w
+
+    @staticmethod
+    def _gather_rng(dist: _Dist) -> list[dict[str, Any]]:
+        """Every rank's RNG state, so a resumed DDP run restores each process's own stream."""
+        state = rng_state()
+        if dist.world == 1:
+            return [state]
+        gathered: list[Any] = [None] * dist.world
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
+
+    def _save_model(self, model: SegmentationModel, record: dict[str, Any], epoch: int) -> None:
+        model.config.metrics = {k: v for k, v in record.items() if k.startswith("val_") or k == "epoch"}
+        model.config.provenance = dict(model.config.provenance, epoch=epoch + 1,
+                                       saved=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        save_model(model, self.out / MODEL, overwrite=True)
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}", f"lr {record['lr']:.2e}",
+             f"{record['slices_per_s']:.1f} slices/s"]
+    parts += [f"{k[9:]} Dice {v:.3f}" for k, v in record.items() if k.startswith("val_dice_")]
+    return "  ".join(parts)
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume) a model as configured; returns where the model file is and the history."""
+    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise LiverTumorSegError("learning rate must be a positive number")
+    return Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress).run()

@@ -1,0 +1,161 @@
+"""The training building blocks: splits, sampling, targets, augmentation, losses, optimisers, cache."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LiverTumorSegLib.labels import LIVER, TUMOR, VESSEL
+from LiverTumorSegLib.phantom import make_phantom
+from LiverTumorSegTrainLib.augment import augment
+from LiverTumorSegTrainLib.batches import build_batch, channel_targets, epoch_samples
+from LiverTumorSegTrainLib.cache import CachedCase, cache_key, prepare_cases
+from LiverTumorSegTrainLib.config import PRESETS, TrainConfig, label_specs
+from LiverTumorSegTrainLib.datasets import find_cases
+from LiverTumorSegTrainLib.losses import bce_dice, soft_dice
+from LiverTumorSegTrainLib.optim import Ranger, lr_factor
+from LiverTumorSegTrainLib.trainer import split_cases
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"data": ["x"], "output": "y", **kw})
+
+
+def test_split_is_by_patient_seeded_and_covers_every_case_once():
+    ids = [f"p{i:02d}" for i in range(17)]
+    folds = [split_cases(ids, _cfg(folds=5, fold=k, split_seed=3)) for k in range(5)]
+    vals = [set(v) for _, v in folds]
+    assert set().union(*vals) == set(ids) and sum(len(v) for v in vals) == 17
+    assert all(not (set(t) & v) for (t, _), v in zip(folds, vals))
+    assert split_cases(ids, _cfg(folds=5, fold=2, split_seed=3)) == folds[2]
+    assert split_cases(ids, _cfg(folds=5, fold=2, split_seed=4)) != folds[2]
+    assert split_cases(ids, _cfg(val_cases=["p03"]))[1] == ["p03"]
+
+
+def _case(seed: int, tumor: bool = True) -> CachedCase:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((20, 40, 40), np.uint8)
+    labels[5:15, 10:30, 10:30] = 1
+    if tumor:
+        labels[8:10, 15:20, 15:20] = 2
+    image = rng.integers(-100, 200, labels.shape).astype(np.int16)
+    organ = np.flatnonzero(labels.any(axis=(1, 2)))
+    lesion = np.flatnonzero((labels == 2).any(axis=(1, 2)))
+    return CachedCase(f"c{seed}", image, labels, (2.0, 1.0, 1.0), organ, lesion)
+
+
+def test_epoch_samples_are_deterministic_and_oversample_tumour():
+    cases = [_case(0), _case(1, tumor=False)]
+    a = epoch_samples(cases, 2000, epoch=3, seed=7, tumor_fraction=0.5, background_fraction=0.1)
+    assert a == epoch_samples(cases, 2000, epoch=3, seed=7, tumor_fraction=0.5, background_fraction=0.1)
+    assert a != epoch_samples(cases, 2000, epoch=4, seed=7, tumor_fraction=0.5, background_fraction=0.1)
+    tumour = np.mean([s.z in cases[s.case].lesion_slices and s.case == 0 for s in a])
+    assert 0.5 <= tumour < 0.65  # 50 % drawn from tumour slices, plus the tumour slices hit by chance
+    background = np.mean([s.z not in cases[s.case].organ_slices for s in a])
+    assert 0.03 < background < 0.12
+
+
+def test_channel_targets_nest_lesions_in_the_organ_only():
+    labels = np.array([[0, 1, 2]], np.uint8)
+    np.testing.assert_array_equal(channel_targets(labels, (LIVER, TUMOR)), [[[0, 1, 1]], [[0, 0, 1]]])
+    vessel = label_specs(("vessel", "tumor"))
+    assert vessel[0].name == VESSEL.name and vessel[0].role == "structure"
+    np.testing.assert_array_equal(channel_targets(labels, vessel), [[[0, 1, 0]], [[0, 0, 1]]])
+
+
+def test_build_batch_crops_contain_foreground_and_context_is_ordered():
+    case = _case(0)
+    samples = epoch_samples([case], 6, 0, 0, 1.0, 0.0)
+    hu, y, w = build_batch([case], samples, (LIVER, TUMOR), context=1, crop=32, multiple=16, epoch=0, seed=0)
+    assert hu.shape == (6, 3, 32, 32) and y.shape == (6, 2, 32, 32) and torch.all(w == 1)
+    assert torch.all(y[:, 1].flatten(1).sum(1) > 0)  # tumour slices: the crop holds tumour
+    s = samples[0]
+    full, _, _ = build_batch([case], [s], (LIVER, TUMOR), context=1, crop=None, multiple=16, epoch=0, seed=0)
+    zs = np.clip([s.z - 1, s.z, s.z + 1], 0, 19)
+    np.testing.assert_array_equal(full[0, :, :40, :40].numpy(), case.image[zs])
+    assert torch.all(full[0, :, 40:, :] == -1024)  # padded to a multiple of 16 with air
+
+
+def test_augmentation_is_seeded_and_moves_image_and_labels_together():
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    mask = (((yy - 30) ** 2 + (xx - 36) ** 2) < 15 ** 2).float()
+    x = (mask * 1.2 - 0.6).expand(4, 3, 64, 64).clone()
+    y = mask.expand(4, 1, 64, 64).clone()
+    seeds = [(0, 1, i) for i in range(4)]
+    xa, ya = augment(x.clone(), y.clone(), seeds)
+    xb, yb = augment(x.clone(), y.clone(), seeds)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(xa, x)
+    for i in range(4):  # the label still marks the bright disc wherever geometry moved it
+        inside, outside = xa[i, 1][ya[i, 0] > 0], xa[i, 1][ya[i, 0] == 0]
+        assert inside.mean() > outside.mean() + 0.6
+
+
+def test_bce_dice_matches_the_authors_formula():
+    torch.manual_seed(0)
+    z, t = torch.randn(3, 2, 8, 8), (torch.rand(3, 2, 8, 8) > 0.7).float()
+    p = torch.sigmoid(z)
+    bce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()
+    d = [(2 * (p[:, c] * t[:, c]).flatten(1).sum(1) + 1e-5) / (p[:, c].flatten(1).sum(1) + t[:, c].flatten(1).sum(1)
+                                                            + 1e-5) for c in range(2)]
+    expected = bce + 0.5 * ((1 - d[0].mean()) + (1 - d[1].mean()))
+    torch.testing.assert_close(bce_dice(z, t).mean(), expected, rtol=1e-5, atol=1e-6)
+    assert soft_dice(torch.full((1, 1, 4, 4), 20.0), torch.ones(1, 1, 4, 4)).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ranger_centralises_gradients_and_syncs_lookahead_every_k_steps():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    opt = Ranger([w], lr=0.1, k=3)
+    start = w.detach().clone()
+    for step in range(1, 4):
+        opt.zero_grad()
+        (w * torch.arange(12.0).view(3, 4)).sum().backward()
+        grad = w.grad.clone()
+        opt.step()
+        assert torch.allclose(w.grad.sum(dim=1), torch.zeros(3), atol=1e-5)  # centralised in place
+        assert not torch.allclose(grad.sum(dim=1), torch.zeros(3))
+    slow = opt.state[w]["slow_buffer"]
+    assert torch.equal(slow, w.detach())  # after k steps the weights are the synced slow weights
+    assert not torch.equal(slow, start)
+    state = opt.state_dict()
+    assert state["param_groups"][0]["lookahead_step"] == 3
+
+
+def test_recunet_lits_schedule_and_cosine_warmup():
+    cfg = _cfg(**PRESETS["rec-unet-lits"])
+    lrs = [cfg.lr * lr_factor(cfg, e) for e in range(cfg.epochs)]
+    assert cfg.epochs == 120 and lrs[0] == pytest.approx(3e-4) and lrs[99] == pytest.approx(3e-4)
+    assert lrs[100] == pytest.approx(1e-4) and lrs[119] == pytest.approx(1e-4)
+    cos = _cfg(schedule="cosine", warmup_epochs=2, epochs=10)
+    f = [lr_factor(cos, e) for e in range(10)]
+    assert f[0] < f[1] < f[2] == pytest.approx(1.0) and f[-1] < 0.1 and all(a >= b for a, b in zip(f[2:], f[3:]))
+
+
+def test_cache_is_built_once_and_invalidated_by_settings_and_edits(tmp_path):
+    ct, labels = make_phantom(shape_zyx=(16, 48, 56), spacing_zyx=(3.0, 1.5, 1.5), seed=1, orientation="RAS",
+                              lesion_diameters_mm=(10.0,))
+    data = tmp_path / "data"
+    data.mkdir()
+    sitk.WriteImage(ct, str(data / "a.nii.gz"))
+    sitk.WriteImage(labels, str(data / "a_truth.nii.gz"))
+    case = find_cases(data)[0]
+    cached = prepare_cases([case], tmp_path / "cache", 2.0, (2,), progress=False)[0]
+    # canonical (LPS) orientation and 2 mm grid: the same arrays the inference pipeline would build
+    lps = sitk.GetArrayFromImage(sitk.DICOMOrient(labels, "LPS"))
+    assert cached.image.dtype == np.int16 and cached.labels.shape == (16, 36, 42)
+    assert abs(int(np.count_nonzero(cached.labels)) * 2.0 * 2.0 - np.count_nonzero(lps) * 1.5 * 1.5) \
+        < 0.05 * np.count_nonzero(lps) * 1.5 * 1.5
+    assert list(cached.organ_slices) == list(np.flatnonzero(lps.any(axis=(1, 2))))
+    assert cache_key(case, 2.0, (2,)) != cache_key(case, 1.5, (2,))
+    before = cache_key(case, 2.0, (2,))
+    native = prepare_cases([case], tmp_path / "cache", None, (2,), progress=False)[0]
+    np.testing.assert_array_equal(native.labels, lps)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    sitk.WriteImage(sitk.Cast(labels * 0, sitk.sitkUInt8), str(data / "a_truth.nii.gz"))  # the labels change
+    assert cache_key(case, 2.0, (2,)) != before
+    assert math.isclose(cached.spacing_zyx[1], 1.5 * 48 / 36)

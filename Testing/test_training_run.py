@@ -1,0 +1,137 @@
+"""Whole training runs on phantoms: learning, exact resume after a kill, 2-process DDP, pseudo-labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LiverTumorSegLib.cli import main
+from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.modelfile import load_model
+from LiverTumorSegLib.phantom import make_phantom
+from LiverTumorSegTrainLib.config import PRESETS, TrainConfig
+from LiverTumorSegTrainLib.datasets import find_cases
+from LiverTumorSegTrainLib.trainer import CHECKPOINT, MODEL, train
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory) -> Path:
+    """Eight small phantoms (varied orientation and spacing) in the `livertumorseg phantom` layout."""
+    root = tmp_path_factory.mktemp("phantoms")
+    for seed in range(8):
+        ct, labels = make_phantom(shape_zyx=(28, 96, 96), spacing_zyx=(3.0, 2.4 + 0.1 * (seed % 3), 2.4), seed=seed,
+                                  orientation=["LPS", "RAS", "LPI"][seed % 3], n_lesions=1 + seed % 3)
+        sitk.WriteImage(ct, str(root / f"p{seed}.nii.gz"))
+        sitk.WriteImage(labels, str(root / f"p{seed}_truth.nii.gz"))
+    return root
+
+
+def tiny(data: Path, out: Path, **kw) -> TrainConfig:
+    values = dict(data=[str(data)], output=str(out), architecture="rec_unet", base_width=4, context_slices=1,
+                  spacing_mm=3.0, crop=32, batch_size=4, epochs=3, steps_per_epoch=6, folds=0, augment=True,
+                  optimizer="ranger", lr=1e-3, schedule="cosine", warmup_epochs=1, device="cpu",
+                  cache_dir=str(out.parent / "cache"))
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_short_cpu_training_reaches_liver_dice_0_9(phantom_data, tmp_path):
+    cfg = TrainConfig(**{**PRESETS["demo"], "data": [str(phantom_data)], "output": str(tmp_path / "run"),
+                         "val_cases": ["p6", "p7"], "device": "cpu", "cache_dir": str(tmp_path / "cache"),
+                         "spacing_mm": 3.0, "epochs": 8, "steps_per_epoch": 30, "val_every": 4})
+    result = train(cfg, progress=False)
+    best = max(h["val_dice_liver"] for h in result.history if "val_dice_liver" in h)
+    assert best >= 0.9, result.history
+    model = load_model(result.model_path)
+    assert model.config.metrics["val_dice_liver"] == pytest.approx(best)
+    assert model.config.provenance["val_cases"] == ["p6", "p7"] and "p6" not in model.config.provenance["train_cases"]
+    run = Path(cfg.output)
+    log = json.loads((run / "log.json").read_text(encoding="utf-8"))
+    assert [h["epoch"] for h in log] == list(range(1, 9)) and "val_per_case" in log[3]
+    assert (run / "log.csv").read_text(encoding="utf-8").splitlines()[0].startswith("epoch,")
+    assert (run / "curves.png").stat().st_size > 1000
+    with pytest.raises(LiverTumorSegError, match="--resume"):
+        train(cfg, progress=False)  # an existing run is never silently overwritten
+
+
+def test_killed_run_resumes_bit_for_bit(phantom_data, tmp_path):
+    reference = train(tiny(phantom_data, tmp_path / "straight"), progress=False)
+    straight = torch.load(Path(reference.model_path).parent / CHECKPOINT, weights_only=True)["model"]
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "LiverTumorSegLib.cli", "train", str(phantom_data), "-o", str(out), "--quiet",
+            "--arch", "rec_unet", "--width", "4", "--context", "1", "--spacing", "3.0", "--crop", "32",
+            "--batch-size", "4", "--epochs", "3", "--steps-per-epoch", "6", "--folds", "0", "--optimizer", "ranger",
+            "--lr", "1e-3", "--schedule", "cosine", "--warmup-epochs", "1", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # mid-run, right after the first epoch's checkpoint
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    epoch = torch.load(out / CHECKPOINT, weights_only=True)["epoch"]
+    assert epoch < 2  # the run really was interrupted
+
+    assert main(["train", "-o", str(out), "--resume", "--quiet"]) == 0
+    resumed = torch.load(out / CHECKPOINT, weights_only=True)
+    assert resumed["epoch"] == 2
+    for key, value in straight.items():
+        assert torch.equal(value, resumed["model"][key]), key
+    a, b = load_model(out / MODEL), load_model(reference.model_path)
+    assert a.config.architecture_kwargs == b.config.architecture_kwargs
+
+
+def test_two_process_ddp_run_writes_the_same_kind_of_model(phantom_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "LiverTumorSegLib.cli", "train", str(phantom_data), "-o", str(out), "--quiet", "--width", "4",
+           "--spacing", "3.0", "--crop", "32", "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "4",
+           "--folds", "4", "--fold", "1", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_model(out / MODEL)
+    assert model.config.architecture == "rec_unet" and [lab.name for lab in model.config.labels] == ["Liver", "Tumor"]
+    assert "val_dice_liver" in model.config.metrics
+    log = json.loads((out / "log.json").read_text(encoding="utf-8"))
+    assert [h["epoch"] for h in log] == [1, 2]  # written once (rank 0), not once per process
+    ckpt = torch.load(out / CHECKPOINT, weights_only=True)
+    assert len(ckpt["rng"]) == 2  # each process's random state, for an exact resume
+
+
+def test_pseudo_labels_become_a_weighted_training_set(phantom_data, tmp_path):
+    model_run = train(tiny(phantom_data, tmp_path / "teacher", epochs=1), progress=False)
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for seed in (20, 21):
+        ct, _ = make_phantom(shape_zyx=(20, 80, 80), spacing_zyx=(3.0, 2.5, 2.5), seed=seed)
+        sitk.WriteImage(ct, str(unlabelled / f"u{seed}.nii.gz"))
+    pseudo = tmp_path / "pseudo"
+    assert main(["pseudo-label", str(unlabelled), "-o", str(pseudo), "--model", str(model_run.model_path),
+                 "--device", "cpu", "--quiet"]) == 0
+    cases = find_cases(pseudo)
+    assert sorted(c.case_id for c in cases) == ["u20", "u21"]
+    ct, labels = cases[0].load()
+    assert labels.GetSize() == ct.GetSize() and set(np.unique(sitk.GetArrayViewFromImage(labels))) <= {0, 1, 2}
+    student = train(tiny(phantom_data, tmp_path / "student", epochs=1, pseudo=[str(pseudo)], pseudo_weight=0.3),
+                    progress=False)
+    assert set(load_model(student.model_path).config.provenance["config"]["pseudo"]) == {str(pseudo)}
