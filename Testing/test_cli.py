@@ -66,7 +66,7 @@ def test_segment_files_writes_labels_seg_nrrd_and_report(tmp_path, oracle_file):
     np.testing.assert_allclose(ijk_to_lps, expected, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(seg["voxels"]).transpose(2, 1, 0), sitk.GetArrayFromImage(truth))
 
-    report = json.loads((out / "case1.report.json").read_text())
+    report = json.loads((out / "case1.report.json").read_text(encoding="utf-8"))
     voxel_ml = np.prod(ct.GetSpacing()) / 1000
     t = sitk.GetArrayFromImage(truth)
     assert report["organ_volume_ml"] == pytest.approx(np.count_nonzero(t) * voxel_ml, rel=1e-6)

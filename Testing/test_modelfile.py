@@ -97,7 +97,7 @@ def test_truncated_corrupt_missing_and_foreign_files(tmp_path):
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="corrupt, truncated"):
         load_model(tmp_path / "trunc.pt")
-    (tmp_path / "text.pt").write_text("this is not a model\n")
+    (tmp_path / "text.pt").write_text("this is not a model\n", encoding="utf-8")
     with pytest.raises(ModelFileError):
         load_model(tmp_path / "text.pt")
     with pytest.raises(ModelFileError, match="not found"):

@@ -18,7 +18,7 @@ KEYS_FILE = Path(__file__).parent / "data" / "rec_unet_authors_state_dict.txt"
 def authors_state_dict(variant: str) -> dict[str, torch.Tensor]:
     """The authors' checkpoint layout (DataParallel keys, shapes) filled with seeded random values."""
     section, keys = None, {}
-    for line in KEYS_FILE.read_text().splitlines():
+    for line in KEYS_FILE.read_text(encoding="utf-8").splitlines():
         if line.startswith("# REC_UNet_EM"):
             section = "rec_unet_em"
         elif line.startswith("# REC_UNet "):

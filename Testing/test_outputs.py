@@ -88,7 +88,7 @@ def test_atomic_path_writes_only_on_success(tmp_path, name, suffix):
         with open(temp, "w") as f:
             f.write("payload")
         assert not final.exists()  # nothing under the real name until the block succeeded
-    assert final.read_text() == "payload"
+    assert final.read_text(encoding="utf-8") == "payload"
     assert sorted(os.listdir(tmp_path)) == [name]  # temp file renamed, nothing left over
 
 
@@ -104,11 +104,11 @@ def test_atomic_path_exception_leaves_nothing(tmp_path):
 
 def test_atomic_path_refuses_existing_then_overwrites(tmp_path):
     final = tmp_path / "report.json"
-    final.write_text("old")
+    final.write_text("old", encoding="utf-8")
     with pytest.raises(FileExistsError, match="pass --overwrite to replace it"):
         with atomic_path(final):
             pass
-    assert final.read_text() == "old"
+    assert final.read_text(encoding="utf-8") == "old"
 
     # A failing overwrite keeps the old file.
     with pytest.raises(ValueError):
@@ -116,13 +116,13 @@ def test_atomic_path_refuses_existing_then_overwrites(tmp_path):
             with open(temp, "w") as f:
                 f.write("new but broken")
             raise ValueError
-    assert final.read_text() == "old"
+    assert final.read_text(encoding="utf-8") == "old"
     assert os.listdir(tmp_path) == ["report.json"]
 
     with atomic_path(final, overwrite=True) as temp:
         with open(temp, "w") as f:
             f.write("new")
-    assert final.read_text() == "new"
+    assert final.read_text(encoding="utf-8") == "new"
     assert os.listdir(tmp_path) == ["report.json"]
 
 
@@ -140,7 +140,7 @@ def test_write_json_and_image_atomic(tmp_path):
     with pytest.raises(FileExistsError):
         write_json_atomic(tmp_path / "sub" / "r.json", {})
     write_json_atomic(tmp_path / "sub" / "r.json", {"c": 1}, overwrite=True)
-    assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"c": 1}
+    assert json.loads((tmp_path / "sub" / "r.json").read_text(encoding="utf-8")) == {"c": 1}
 
     arr = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
     img = _image(arr, spacing=(0.5, 0.75, 2.0), origin=(1.0, -2.0, 3.0))
@@ -469,4 +469,4 @@ def test_lesion_report_custom_values_and_json_file(tmp_path):
     assert report["lesion_burden_percent"] == pytest.approx(100.0 * 4 / 64)
     assert (report["organ_name"], report["lesion_name"]) == ("Kidney", "Cyst")
     write_json_atomic(tmp_path / "report.json", report)
-    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert json.loads((tmp_path / "report.json").read_text(encoding="utf-8")) == report

@@ -34,5 +34,5 @@ def test_importing_the_core_does_not_load_torch():
 def test_version_matches_pyproject():
     import LiverTumorSegLib
 
-    text = (ROOT / "pyproject.toml").read_text()
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert f'version = "{LiverTumorSegLib.__version__}"' in text
