@@ -65,6 +65,29 @@ def small_phantom():
                         lesion_diameters_mm=(12.0, 20.0))
 
 
+def write_dicom_series(image: sitk.Image, folder, uid: str | None = None, modality: str = "CT",
+                       extension: str = ".dcm") -> None:
+    """One axial DICOM file per slice (int16, rescale 1/0) with the tags GDCM needs to rebuild the 3-D
+    geometry, as scanners write them. IRCADb's files have no extension: pass ``extension=""``."""
+    folder.mkdir(parents=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    uid = uid or "1.2.826.0.1.3680043.2.1125.1." + str(abs(hash(str(folder))) % 10**12)
+    direction = image.GetDirection()
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        for tag, value in [("0008|0060", modality), ("0020|000e", uid), ("0020|000d", uid + ".0"),
+                           ("0020|0013", str(k + 1)), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
+                           ("0020|0037", "\\".join(f"{v:.6f}" for v in direction[0:3] + direction[3:6])),
+                           ("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))),
+                           ("0018|0050", f"{image.GetSpacing()[2]:.6f}"), ("0028|1053", "1"), ("0028|1052", "0")]:
+            sl.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetImageIO("GDCMImageIO")
+        writer.SetFileName(str(folder / f"slice{k:03d}{extension}"))
+        writer.Execute(sl)
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     s = a.sum() + b.sum()

@@ -16,32 +16,12 @@ from LiverTumorSegLib.cli import main
 from LiverTumorSegLib.modelfile import save_model
 from LiverTumorSegLib.phantom import make_phantom
 
-from conftest import encode_labels, oracle_model
+from conftest import encode_labels, oracle_model, write_dicom_series
 
 
 @pytest.fixture()
 def oracle_file(tmp_path):
     return save_model(oracle_model(min_lesion_mm3=0.0), tmp_path / "oracle.pt")
-
-
-def write_dicom_series(image: sitk.Image, folder, modality: str = "CT") -> None:
-    """A minimal but valid axial DICOM series (int16, rescale 1/0), as scanners write them."""
-    folder.mkdir(parents=True)
-    image = sitk.Cast(image, sitk.sitkInt16)
-    uid = "1.2.826.0.1.3680043.2.1125.1." + str(abs(hash(str(folder))) % 10**12)
-    direction = image.GetDirection()
-    for k in range(image.GetDepth()):
-        sl = image[:, :, k]
-        for tag, value in [("0008|0060", modality), ("0020|000e", uid), ("0020|000d", uid + ".0"),
-                           ("0020|0013", str(k + 1)), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
-                           ("0020|0037", "\\".join(f"{v:.6f}" for v in direction[0:3] + direction[3:6])),
-                           ("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))),
-                           ("0018|0050", f"{image.GetSpacing()[2]:.6f}"), ("0028|1053", "1"), ("0028|1052", "0")]:
-            sl.SetMetaData(tag, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
 
 
 def test_segment_files_writes_labels_seg_nrrd_and_report(tmp_path, oracle_file):

@@ -20,6 +20,8 @@ from LiverTumorSegLib.segfile import ijk_to_lps_matrix
 from LiverTumorSegTrainLib.datasets import LabeledCase, find_cases
 from LiverTumorSegTrainLib.export import add_parser, export_cases, export_dataset
 
+from conftest import write_dicom_series
+
 SHARED_IRCADB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ircadb01"
 
 LIVER_TERM = {"contextName": "Segmentation category and type - DICOM master list",
@@ -268,25 +270,6 @@ def test_slicer_segmentation_without_liver_is_a_clear_error(tmp_path, phantoms):
 # ---- 3D-IRCADb-01 DICOM ---------------------------------------------------------------------------
 
 
-def write_dicom_series(image: sitk.Image, folder: Path, uid: str, modality: str = "CT") -> None:
-    """One axial DICOM file per slice, with the tags GDCM needs to rebuild the 3-D geometry."""
-    folder.mkdir(parents=True)
-    direction = image.GetDirection()
-    for k in range(image.GetDepth()):
-        sl = image[:, :, k]
-        for tag, value in [("0008|0060", modality), ("0020|000e", uid), ("0020|000d", uid + ".0"),
-                           ("0020|0013", str(k + 1)), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
-                           ("0020|0037", "\\".join(f"{v:.6f}" for v in direction[0:3] + direction[3:6])),
-                           ("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))),
-                           ("0018|0050", f"{image.GetSpacing()[2]:.6f}"), ("0028|1053", "1"), ("0028|1052", "0")]:
-            sl.SetMetaData(tag, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetImageIO("GDCMImageIO")  # IRCADb's files have no extension
-        writer.SetFileName(str(folder / f"image_{k}"))
-        writer.Execute(sl)
-
-
 def write_ircadb_patient(folder: Path, ct: sitk.Image, labels: sitk.Image, seed: int) -> None:
     """PATIENT_DICOM + MASKS_DICOM/{liver, livertumor01, livertumor02, venoussystem} (0/255 masks)."""
     lab = arr(labels)
@@ -296,13 +279,13 @@ def write_ircadb_patient(folder: Path, ct: sitk.Image, labels: sitk.Image, seed:
     venous = np.zeros_like(tumour)
     venous[:, 5:60, 30:34] = True  # crosses liver and background: must not become tumour
     base = f"1.2.826.0.1.3680043.2.1125.{seed}"
-    write_dicom_series(ct, folder / "PATIENT_DICOM", base + ".1")
+    write_dicom_series(ct, folder / "PATIENT_DICOM", base + ".1", extension="")
     overlap = (np.arange(lab.shape[0]) == 3)[:, None, None]
     for n, (name, mask) in enumerate([("liver", lab > 0), ("livertumor01", tumour & half),
                                       ("livertumor02", tumour & (~half | overlap)), ("venoussystem", venous)]):
         image = sitk.GetImageFromArray(np.where(mask, 255, 0).astype(np.uint8))
         image.CopyInformation(ct)
-        write_dicom_series(image, folder / "MASKS_DICOM" / name, f"{base}.{n + 2}", modality="OT")
+        write_dicom_series(image, folder / "MASKS_DICOM" / name, f"{base}.{n + 2}", modality="OT", extension="")
 
 
 def test_ircadb_dicom_folders_and_zips(tmp_path, phantoms):
@@ -332,12 +315,13 @@ def test_ircadb_dicom_folders_and_zips(tmp_path, phantoms):
 def test_ircadb_mask_off_the_grid_is_an_error(tmp_path, phantoms):
     _, ct, labels = phantoms[0]
     patient = tmp_path / "3Dircadb1.9"
-    write_dicom_series(ct, patient / "PATIENT_DICOM", "1.2.826.0.1.3680043.2.1125.9.1")
+    write_dicom_series(ct, patient / "PATIENT_DICOM", "1.2.826.0.1.3680043.2.1125.9.1", extension="")
     liver = sitk.GetImageFromArray(np.where(arr(labels) > 0, 255, 0).astype(np.uint8)[:, :, :60])
     liver.SetSpacing(ct.GetSpacing())
     liver.SetDirection(ct.GetDirection())
     liver.SetOrigin(ct.GetOrigin())
-    write_dicom_series(liver, patient / "MASKS_DICOM" / "liver", "1.2.826.0.1.3680043.2.1125.9.2", modality="OT")
+    write_dicom_series(liver, patient / "MASKS_DICOM" / "liver", "1.2.826.0.1.3680043.2.1125.9.2", modality="OT",
+                       extension="")
     with pytest.raises(LiverTumorSegError, match=r"case 3Dircadb1.9: the mask liver is not on the CT grid.*size"):
         find_cases(tmp_path)[0].load()
 
