@@ -159,3 +159,22 @@ def test_cache_is_built_once_and_invalidated_by_settings_and_edits(tmp_path):
     sitk.WriteImage(sitk.Cast(labels * 0, sitk.sitkUInt8), str(data / "a_truth.nii.gz"))  # the labels change
     assert cache_key(case, 2.0, (2,)) != before
     assert math.isclose(cached.spacing_zyx[1], 1.5 * 48 / 36)
+
+
+def test_threshold_calibration_finds_the_under_confident_lesion_threshold(small_phantom):
+    from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel
+    from LiverTumorSegTrainLib.trainer import calibrate_thresholds, validate
+
+    from conftest import OracleNet, encode_labels
+
+    ct, truth = small_phantom
+    # tumour voxels (0.9 after windowing) get probability sigmoid(200 * (0.9 - 0.9031)) = 0.35 only
+    net = OracleNet(levels=(0.25, 0.9031))
+    cfg = ModelConfig("test_oracle", {"levels": (0.25, 0.9031)}, (LIVER, TUMOR), min_lesion_mm3=0.0)
+    model = SegmentationModel(net, cfg)
+    val = [("a", encode_labels(ct, truth), truth)]
+    baseline = validate(model, val, "cpu")
+    assert baseline["dice"]["tumor"] == 0.0 and baseline["dice"]["liver"] == 1.0
+    result = calibrate_thresholds(model, val, "cpu", baseline)
+    assert model.config.thresholds == (0.5, 0.3)
+    assert result["dice"] == {"liver": 1.0, "tumor": 1.0}

@@ -62,6 +62,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     val_every: int = 1
+    #: after training, pick each lesion label's probability threshold that maximises validation Dice
+    calibrate_thresholds: bool = True
     cache_dir: str | None = None
     name: str = "LiverTumorSeg model"
     preset: str = "fast-cpu"
@@ -102,9 +104,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CARes-UNet's optimiser on the REC-UNet network: Ranger 5e-4.
     "ranger": dict(optimizer="ranger", lr=5e-4, schedule="cosine"),
     # The demo: a small network on small phantoms, about three minutes on 2 CPU cores.
-    "demo": dict(architecture="rec_unet", base_width=8, context_slices=1, spacing_mm=2.5, crop=96, batch_size=8,
-                 optimizer="adam", lr=3e-3, schedule="cosine", warmup_epochs=1, epochs=12, steps_per_epoch=40,
-                 loss="bce_dice", augment=True, window_hu=(-200.0, 250.0), folds=0, val_every=4),
+    "demo": dict(architecture="rec_unet", base_width=12, context_slices=1, spacing_mm=2.5, crop=64, batch_size=8,
+                 optimizer="adam", lr=3e-3, schedule="cosine", warmup_epochs=1, epochs=16, steps_per_epoch=50,
+                 loss="bce_dice", augment=True, window_hu=(-100.0, 200.0), folds=0, val_every=4),
 }
 
 
