@@ -1,5 +1,5 @@
 # Two set-up commands, each creating its own virtual environment on a fresh machine:
-#   make demo   runs the main job on built-in defaults
+#   make demo   runs the main job on built-in defaults (make demo CT="scan.nii.gz ..." also segments your CTs)
 #   make test   installs and runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/livertumorseg info
-	$(BIN)/livertumorseg phantom -o demo-output --seed 0 --overwrite
+	$(BIN)/livertumorseg demo -o demo-output $(CT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
