@@ -48,11 +48,6 @@ def _phantom_set(folder: Path, overwrite: bool) -> dict[str, list[str]]:
     return names
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    s = int(pred.sum()) + int(ref.sum())
-    return 1.0 if s == 0 else 2.0 * float(np.logical_and(pred, ref).sum()) / s
-
-
 def _segment_and_report(image, model, out: Path, case_id: str, truth=None, device: str = "auto",
                         overwrite: bool = True) -> dict:
     """Segment through the pipeline and write label map, .seg.nrrd, report and QC PNG, like the CLI."""
@@ -63,6 +58,7 @@ def _segment_and_report(image, model, out: Path, case_id: str, truth=None, devic
     from LiverTumorSegLib.pipeline import run_segmentation
     from LiverTumorSegLib.segfile import write_seg_nrrd
 
+    from .metrics import overlap
     from .plots import qc_slices
 
     result = run_segmentation(image, model, device=device)
@@ -72,7 +68,7 @@ def _segment_and_report(image, model, out: Path, case_id: str, truth=None, devic
     report = case_report(result, case_id, case_id, paths)
     if truth is not None:
         pred, ref = sitk.GetArrayViewFromImage(result.labels), sitk.GetArrayViewFromImage(truth)
-        report["dice"] = {"liver": _dice(pred > 0, ref > 0), "tumor": _dice(pred == 2, ref == 2)}
+        report["dice"] = {"liver": overlap(pred > 0, ref > 0)["dice"], "tumor": overlap(pred == 2, ref == 2)["dice"]}
     qc = out / f"{case_id}.qc.png"
     qc_slices(image, result.labels, qc, truth=truth, overwrite=overwrite,
               title=f"{case_id}: prediction (solid) vs truth (dashed)" if truth is not None else case_id)

@@ -32,6 +32,7 @@ from .cache import CachedCase, prepare_cases
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, label_specs
 from .losses import LOSSES
+from .metrics import overlap
 from .optim import make_optimizer, make_scheduler
 
 CHECKPOINT = "checkpoint.pt"
@@ -89,11 +90,6 @@ def split_cases(case_ids: list[str], cfg: TrainConfig) -> tuple[list[str], list[
     return [i for i in ids if i not in val], [i for i in ids if i in val]
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    s = int(pred.sum()) + int(ref.sum())
-    return 1.0 if s == 0 else 2.0 * float(np.logical_and(pred, ref).sum()) / s
-
-
 def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
              thresholds: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Per-case 3-D Dice per label through the real pipeline on whole volumes (LiTS: empty/empty = 1)."""
@@ -109,7 +105,7 @@ def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], dev
         for spec in model.config.labels:
             values = [spec.value] + ([s.value for s in model.config.labels if s.role == "lesion"]
                                      if spec.role == "organ" else [])
-            scores[spec.name.lower()] = _dice(np.isin(pred, values), np.isin(truth, values))
+            scores[spec.name.lower()] = overlap(np.isin(pred, values), np.isin(truth, values))["dice"]
         per_case[case_id] = scores
     names = [s.name.lower() for s in model.config.labels]
     mean = {n: float(np.mean([c[n] for c in per_case.values()])) for n in names}
