@@ -88,6 +88,27 @@ def test_batch_of_folder_with_dicom_bad_cases_and_no_overwrite(tmp_path, oracle_
                  "--quiet", "--overwrite"]) == 0
 
 
+def test_json_progress_events_for_subprocess_front_ends(tmp_path, oracle_file, capsys):
+    ct, truth = make_phantom(shape_zyx=(18, 64, 64), spacing_zyx=(3.0, 2.0, 2.0), seed=6, lesion_diameters_mm=(14.0,))
+    sitk.WriteImage(encode_labels(ct, truth), str(tmp_path / "c.nii.gz"))
+    (tmp_path / "bad.nii.gz").write_bytes(b"broken")
+    code = main(["segment", str(tmp_path / "c.nii.gz"), str(tmp_path / "bad.nii.gz"), "-o", str(tmp_path / "o"),
+                 "--model", str(oracle_file), "--device", "cpu", "--progress", "json", "--batch-size", "5",
+                 "--keep", "Liver", "--region", "0", "64", "0", "64", "2", "16"])
+    assert code == 1
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "stage" and "done" in kinds and kinds[-1] == "error"
+    progress = [(e["done"], e["total"]) for e in events if e["event"] == "progress"]
+    assert progress == [(5, 14), (10, 14), (14, 14)]
+    done = next(e for e in events if e["event"] == "done")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(done["outputs"]["labels"]))
+    t = sitk.GetArrayFromImage(truth)
+    assert set(np.unique(labels)) == {0, 1} and not labels[:2].any() and not labels[16:].any()
+    np.testing.assert_array_equal(labels[2:16], (t[2:16] > 0).astype(np.uint8))
+    assert next(e for e in events if e["event"] == "error")["case"] == "bad"
+
+
 def test_missing_or_unsafe_model_is_a_one_line_error(tmp_path, capsys):
     ct, _ = make_phantom(shape_zyx=(12, 48, 48), spacing_zyx=(3.0, 2.0, 2.0), seed=1)
     sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))

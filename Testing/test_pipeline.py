@@ -202,3 +202,34 @@ def test_bf16_autocast_path_runs_on_cpu(small_phantom):
     result = run_segmentation(encode_labels(ct, truth), oracle_model(), device="cpu", precision="bf16")
     assert result.plan.precision == "bf16"
     assert dice(sitk.GetArrayFromImage(result.labels) > 0, sitk.GetArrayFromImage(truth) > 0) > 0.99
+
+
+def test_region_restricts_the_work_to_a_box_and_keeps_the_grid(small_phantom):
+    ct, truth = small_phantom
+    t = sitk.GetArrayFromImage(truth)
+    zs = np.flatnonzero((t > 0).any(axis=(1, 2)))
+    k0, k1 = int(zs[0]) + 3, int(zs[-1]) - 3  # a slice range through the liver
+    box = ((0, ct.GetSize()[0]), (0, ct.GetSize()[1]), (k0, k1))
+    seen = []
+    result = run_segmentation(encode_labels(ct, truth), oracle_model(), device="cpu", region=box,
+                              progress=lambda d, n: seen.append(n))
+    got = sitk.GetArrayFromImage(result.labels)
+    assert same_geometry(result.labels, ct) and set(seen) == {k1 - k0}
+    assert not got[:k0].any() and not got[k1:].any()
+    inside = t[k0:k1]
+    assert dice(got[k0:k1] > 0, inside > 0) > 0.99  # the largest-component rule now sees a cut liver
+    with pytest.raises(Exception, match="not a box inside the image"):
+        run_segmentation(ct, oracle_model(), device="cpu", region=((0, 10), (0, 10), (5, 400)))
+
+
+def test_liver_only_output_counts_tumour_as_liver(small_phantom):
+    ct, truth = small_phantom
+    got = sitk.GetArrayFromImage(segment(encode_labels(ct, truth), oracle_model(), device="cpu",
+                                         keep_labels=["Liver"]))
+    t = sitk.GetArrayFromImage(truth)
+    np.testing.assert_array_equal(got, (t > 0).astype(np.uint8))
+    only_tumour = sitk.GetArrayFromImage(segment(encode_labels(ct, truth), oracle_model(), device="cpu",
+                                                 keep_labels=["tumor"]))
+    np.testing.assert_array_equal(only_tumour, np.where(t == 2, 2, 0))
+    with pytest.raises(Exception, match="unknown label"):
+        segment(ct, oracle_model(), device="cpu", keep_labels=["spleen"])

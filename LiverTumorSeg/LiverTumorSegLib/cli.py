@@ -60,7 +60,16 @@ def case_report(result, case_id: str, source: str, paths: dict[str, Path]) -> di
     return report
 
 
+def _emit(args: argparse.Namespace, event: str, **fields) -> None:
+    """One JSON object per line on stdout (``--progress json``), for front ends running this as a subprocess."""
+    if args.progress == "json":
+        print(json.dumps({"event": event, **fields}), flush=True)
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
+    if args.region is not None:
+        r = args.region
+        args.region = ((r[0], r[1]), (r[2], r[3]), (r[4], r[5]))
     from tqdm import tqdm
 
     from .atomicfile import write_image_atomic, write_json_atomic
@@ -74,6 +83,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _error("no model given and no default model installed; pass --model FILE "
                "(train one, or convert the authors' weights with 'livertumorseg import-weights')")
         return 2
+    _emit(args, "stage", stage="loading model", model=str(model_path))
     model = load_model(model_path)
     cases = discover_cases(args.inputs)
     if not cases:
@@ -82,32 +92,40 @@ def cmd_segment(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2 or args.quiet):
+    quiet = args.quiet or args.progress == "json"
+    for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2 or quiet):
         paths = output_paths(outdir, case.case_id)
         try:
             existing = [str(p) for p in paths.values() if p.exists()]
             if existing and not args.overwrite:
                 raise LiverTumorSegError(f"outputs exist ({existing[0]}); pass --overwrite to replace them")
+            _emit(args, "stage", case=case.case_id, stage="reading")
             image, modality = read_case(case)
-            with tqdm(total=1, desc=case.case_id, unit="slice", leave=False, disable=args.quiet) as bar:
+            _emit(args, "stage", case=case.case_id, stage="segmenting")
+            with tqdm(total=1, desc=case.case_id, unit="slice", leave=False, disable=quiet) as bar:
                 def progress(done: int, total: int) -> None:
                     bar.total = total
                     bar.update(done - bar.n)
+                    _emit(args, "progress", case=case.case_id, stage="segmenting", done=done, total=total)
 
                 result = run_segmentation(
                     image, model, device=args.device, batch_size=args.batch_size, precision=args.precision,
                     progress=progress, allow_non_ct=args.allow_non_ct, modality=modality,
-                    min_lesion_mm3=args.min_lesion_mm3, thresholds=args.thresholds)
+                    min_lesion_mm3=args.min_lesion_mm3, thresholds=args.thresholds, region=args.region,
+                    keep_labels=args.keep)
+            _emit(args, "stage", case=case.case_id, stage="writing")
             t = time.perf_counter()
             write_image_atomic(result.labels, paths["labels"], overwrite=args.overwrite)
             write_seg_nrrd(result.labels, result.model.config.labels, paths["segmentation"], overwrite=args.overwrite)
             result.seconds["write"] = time.perf_counter() - t
             report = case_report(result, case.case_id, str(case.path), paths)
             write_json_atomic(paths["report"], report, overwrite=args.overwrite)
-            if not args.quiet:
+            _emit(args, "done", case=case.case_id, outputs={k: str(v) for k, v in paths.items()})
+            if not quiet:
                 tqdm.write(_one_line_summary(case.case_id, report))
         except LiverTumorSegError as e:
             failed += 1
+            _emit(args, "error", case=case.case_id, message=str(e))
             _error(f"{case.case_id}: {e}")
         except Exception as e:  # noqa: BLE001 - one bad case must not stop a batch
             if args.debug:
@@ -189,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability threshold per label (default: the model's)")
     s.add_argument("--min-lesion-mm3", type=float, default=None, metavar="MM3",
                    help="remove lesions smaller than this (default: the model's)")
+    s.add_argument("--keep", type=lambda t: [v for v in t.split(",") if v], default=None, metavar="LABEL,...",
+                   help="output only these labels, e.g. Liver (tumour then counts as liver)")
+    s.add_argument("--region", type=int, nargs=6, default=None, metavar=("I0", "I1", "J0", "J1", "K0", "K1"),
+                   help="segment only this index box (half-open voxel ranges; an ROI or a slice range)")
+    s.add_argument("--progress", choices=["bar", "json"], default="bar",
+                   help="json: one JSON event per line on stdout (for front ends running this as a subprocess)")
     s.add_argument("--allow-non-ct", action="store_true", help="skip the check that the input is CT in HU")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
