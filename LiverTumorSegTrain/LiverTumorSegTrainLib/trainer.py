@@ -251,7 +251,11 @@ class Trainer:
             t0 = time.perf_counter()
             net.train()
             samples = epoch_samples(cases, steps * cfg.batch_size * dist.world, epoch, cfg.seed,
-                                    cfg.tumor_fraction, cfg.background_fraction)[dist.rank::dist.world]
+                                    cfg.tumor_fraction, cfg.background_fraction)
+            if dist.world > 1:  # each process its own disjoint share of the epoch's (already shuffled) samples
+                shard = torch.utils.data.DistributedSampler(samples, num_replicas=dist.world, rank=dist.rank,
+                                                            shuffle=False, drop_last=True)
+                samples = [samples[i] for i in shard]
             losses = []
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
                        disable=not (self.progress and dist.main))
