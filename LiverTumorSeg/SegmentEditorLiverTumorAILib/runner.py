@@ -1,0 +1,592 @@
+"""Runs the core's ``segment`` command in a child process, streaming progress back, and reads what it wrote.
+
+Why a child process: inference takes from seconds to minutes and must neither freeze Slicer nor be
+impossible to stop. ``python -m LiverTumorSegLib segment ... --progress json`` prints one JSON event per
+line; ``EventLog`` turns those lines into a stage, a slice count, a fraction and an ETA (pure Python,
+testable on recorded lines), ``SegmentationProcess`` owns the process (reader thread, non-blocking
+``poll``, ``cancel`` that kills the whole process tree, a blocking ``wait`` for scripts and tests), and
+``QtSegmentationRunner`` is the thin Qt part: a timer that polls while Slicer's event loop keeps running.
+``runInProcess`` is the same work without a child process (scripting, tests, or when no Python
+executable can be started); both return the label map, the label descriptions and the lesion report.
+
+Nothing here imports Slicer, Qt, numpy, SimpleITK or the core at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+#: Share of the whole run each stage of the ``segment`` command takes, for one progress bar.
+STAGE_SPANS = {
+    "starting": (0.0, 0.02),
+    "loading model": (0.02, 0.08),
+    "reading": (0.08, 0.12),
+    "segmenting": (0.12, 0.92),
+    "writing": (0.92, 0.99),
+    "done": (1.0, 1.0),
+}
+ERROR_PREFIX = "livertumorseg: error:"
+#: Fewer slices than this since the first progress event give no ETA yet (the first batch includes warm-up).
+_MIN_SLICES_FOR_ETA = 1
+#: Seconds to wait for the rest of the output once the process has exited.
+_PIPE_GRACE = 2.0
+
+
+class SegmentationRunError(RuntimeError):
+    """The child process failed; ``log`` is everything it printed (for the error dialog's details)."""
+
+    def __init__(self, message: str, log: str = "", returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.log = log
+        self.returncode = returncode
+
+
+class SegmentationCancelledError(RuntimeError):
+    """The user cancelled; nothing was written to the scene."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing the event stream (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where a run stands: stage, slices done of total, overall fraction (0..1) and ETA (None: unknown)."""
+
+    stage: str = "starting"
+    case: str | None = None
+    done: int = 0
+    total: int = 0
+    fraction: float = 0.0
+    etaSeconds: float | None = None
+
+    def text(self) -> str:
+        """One line for a status label, e.g. 'Segmenting: 34 / 120 slices, about 12 s left'."""
+        stage = self.stage[:1].upper() + self.stage[1:]
+        if self.stage == "segmenting" and self.total:
+            line = f"{stage}: {self.done} / {self.total} slices"
+            if self.etaSeconds is not None:
+                line += f", {formatDuration(self.etaSeconds)} left"
+            return line
+        return stage + ("" if self.stage in ("done", "cancelled", "failed") else "...")
+
+
+def formatDuration(seconds: float) -> str:
+    """'about 12 s', 'about 3 min' (an ETA is an estimate, so it is rounded like one)."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 3600:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def parseEvent(line: str) -> dict | None:
+    """The event of one output line, or None for anything else (warnings, tracebacks, stderr)."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
+
+
+class EventLog:
+    """Collects every output line and follows the run's progress, outputs and errors."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.lines: list[str] = []
+        self.progress = Progress()
+        self.outputs: dict[str, str] | None = None
+        self.errors: list[str] = []
+        self._rateStart: tuple[float, int] | None = None
+
+    def feed(self, line: str) -> dict | None:
+        """Take one output line; returns its event when it is one."""
+        line = line.rstrip("\r\n")
+        self.lines.append(line)
+        event = parseEvent(line)
+        if event is None:
+            if line.startswith(ERROR_PREFIX):
+                message = line[len(ERROR_PREFIX):].strip()
+                if message and not any(message.endswith(e) for e in self.errors):
+                    self.errors.append(message)
+            return None
+        kind = event["event"]
+        if event.get("case") is not None:
+            self.progress.case = str(event["case"])
+        if kind == "stage":
+            self._setStage(str(event.get("stage", "")))
+        elif kind == "progress":
+            self._setProgress(int(event.get("done", 0)), int(event.get("total", 0)))
+        elif kind == "done":
+            outputs = event.get("outputs")
+            self.outputs = {str(k): str(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {}
+            self._setStage("done")
+        elif kind == "error":
+            message = str(event.get("message", "")).strip()
+            if message:
+                self.errors.append(message)
+        return event
+
+    def _setStage(self, stage: str) -> None:
+        p = self.progress
+        p.stage = stage or p.stage
+        if stage != "segmenting":
+            p.etaSeconds = None
+        low, _high = STAGE_SPANS.get(stage, (p.fraction, p.fraction))
+        p.fraction = max(p.fraction, low)
+
+    def _setProgress(self, done: int, total: int) -> None:
+        p = self.progress
+        p.stage, p.done, p.total = "segmenting", done, total
+        low, high = STAGE_SPANS["segmenting"]
+        if total > 0:
+            p.fraction = max(p.fraction, low + (high - low) * min(1.0, done / total))
+        now = self.clock()
+        if self._rateStart is None or done < self._rateStart[1]:
+            self._rateStart = (now, done)  # the first batch includes the model's warm-up: measure from here
+            p.etaSeconds = None
+            return
+        t0, d0 = self._rateStart
+        if done - d0 >= _MIN_SLICES_FOR_ETA and now > t0:
+            rate = (done - d0) / (now - t0)
+            p.etaSeconds = max(0.0, (total - done) / rate)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def errorMessage(self, returncode: int | None = None) -> str:
+        """One line saying what went wrong, for the error dialog (the whole log goes to its details)."""
+        if self.errors:
+            return self.errors[-1]
+        tail = [line.strip() for line in self.lines if line.strip() and parseEvent(line) is None]
+        last = tail[-1] if tail else ""
+        if "No module named 'torch'" in last:
+            return "PyTorch is not installed in Slicer's Python: install the PyTorch extension and let this " \
+                   "module install torch (or use the PyTorch Utils module)"
+        if "No module named" in last:
+            return f"{last}: a package the segmentation needs is missing; click Apply again to install it"
+        if last:
+            return last
+        return f"the segmentation process ended with exit code {returncode} and printed nothing"
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+
+
+def pythonExecutable() -> str:
+    """Slicer's ``PythonSlicer`` (on PATH inside Slicer, else beside ``sys.executable``), else this Python."""
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    beside = Path(sys.executable).with_name("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    if beside.is_file():
+        return str(beside)
+    return sys.executable
+
+
+def segmentCommand(inputFile: str | os.PathLike, outputDir: str | os.PathLike, modelFile: str | os.PathLike,
+                   device: str = "auto", thresholds: Sequence[float] | None = None,
+                   minLesionMm3: float | None = None, keepLabels: Sequence[str] | None = None,
+                   region=None, batchSize: int | None = None,
+                   python: str | Sequence[str] | None = None) -> list[str]:
+    """The argument list of ``segment`` for one input file; ``region`` = ((i0, i1), (j0, j1), (k0, k1));
+    ``batchSize``: slices per batch (default: the core picks by device and memory)."""
+    head = [python] if isinstance(python, str) else list(python or [pythonExecutable()])
+    argv = head + ["-m", "LiverTumorSegLib", "segment", str(inputFile), "-o", str(outputDir),
+                   "--model", str(modelFile), "--device", str(device or "auto"),
+                   "--progress", "json", "--overwrite", "--quiet"]
+    if thresholds is not None:
+        argv += ["--thresholds", ",".join(repr(float(t)) for t in thresholds)]
+    if minLesionMm3 is not None:
+        argv += ["--min-lesion-mm3", repr(float(minLesionMm3))]
+    if keepLabels:
+        argv += ["--keep", ",".join(str(k) for k in keepLabels)]
+    if region is not None:
+        argv += ["--region", *[str(int(v)) for pair in region for v in pair]]
+    if batchSize is not None:
+        argv += ["--batch-size", str(int(batchSize))]
+    return argv
+
+
+def childEnvironment(base: dict[str, str] | None = None, pythonPath: Sequence[str] = ()) -> dict[str, str]:
+    """``base`` (default: this process's environment) with the core's folder first on PYTHONPATH and
+    unbuffered UTF-8 output, so events arrive line by line and decode the same on every platform."""
+    env = dict(os.environ if base is None else base)
+    paths = [str(p) for p in pythonPath] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+# --------------------------------------------------------------------------------------------------
+# The process (no Qt)
+# --------------------------------------------------------------------------------------------------
+
+
+def killProcessTree(proc: subprocess.Popen) -> None:
+    """Kill a process and everything it started.
+
+    ``PythonSlicer`` is a launcher that starts the real Python as a child, so killing the launcher alone
+    would leave the work running. On POSIX the process was started in its own session: its group is
+    killed. On Windows ``taskkill /T`` kills the tree.
+    """
+    if proc.poll() is not None:
+        return
+    try:
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0), check=False)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        pass
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+class SegmentationProcess:
+    """One run of the ``segment`` command: start, poll without blocking, cancel, or wait."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.argv = [str(a) for a in argv]
+        self.env = env
+        self.cwd = cwd
+        self.log = EventLog(clock)
+        self.cancelled = False
+        self.returncode: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._lines: queue.Queue = queue.Queue()
+        self._eof = False
+        self._exitedAt: float | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def progress(self) -> Progress:
+        return self.log.progress
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> "SegmentationProcess":
+        kwargs: dict[str, Any] = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, encoding="utf-8", errors="replace", bufsize=1, env=self.env,
+                                      cwd=self.cwd)
+        if os.name == "nt":  # no console window flashing up; the launcher's children stay in the tree
+            info = subprocess.STARTUPINFO()
+            info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+            info.wShowWindow = 0
+            kwargs["startupinfo"] = info
+        else:
+            kwargs["start_new_session"] = True  # one process group to kill on cancel
+        self.log.feed(f"$ {subprocess.list2cmdline(self.argv) if os.name == 'nt' else ' '.join(self.argv)}")
+        try:
+            self._proc = subprocess.Popen(self.argv, **kwargs)
+        except OSError as e:
+            raise SegmentationRunError(f"cannot start {self.argv[0]}: {e.strerror or e}", self.log.text()) from None
+        self._thread = threading.Thread(target=self._read, name="LiverTumorSeg output reader", daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        stream = self._proc.stdout
+        try:
+            for line in stream:
+                self._lines.put(line)
+        finally:
+            self._lines.put(None)
+
+    def poll(self) -> bool:
+        """Take the output printed so far (never blocks); True once the process has ended and all is read.
+
+        A process that has exited counts as ended without the end of its output when it was cancelled, or
+        ``_PIPE_GRACE`` seconds later (something it started may still hold the pipe open).
+        """
+        if self._proc is None:
+            raise RuntimeError("the process was not started")
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._eof = True
+                break
+            self.log.feed(line)
+        if self._proc.poll() is None:
+            return False
+        if self._exitedAt is None:
+            self._exitedAt = time.monotonic()
+        if self._eof or self.cancelled or time.monotonic() - self._exitedAt > _PIPE_GRACE:
+            self.returncode = self._proc.returncode
+            return True
+        return False
+
+    @property
+    def finished(self) -> bool:
+        return self.returncode is not None
+
+    def cancel(self) -> None:
+        """Stop the run now; ``result()`` then raises SegmentationCancelledError."""
+        self.cancelled = True
+        if self._proc is not None:
+            killProcessTree(self._proc)
+            self.log.progress.stage = "cancelled"
+
+    def wait(self, callback: Callable[[Progress], Any] | None = None, interval: float = 0.1,
+             timeout: float | None = None) -> dict[str, str]:
+        """Block until the run ends; ``callback(progress)`` after each poll may return False to cancel.
+
+        For scripts and tests; inside Slicer the callback is where ``slicer.app.processEvents()`` keeps
+        the application responsive (and where a progress dialog's Cancel is read).
+        """
+        if self._proc is None:
+            self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.poll():
+            if callback is not None and callback(self.progress) is False and not self.cancelled:
+                self.cancel()
+            if deadline is not None and time.monotonic() > deadline and not self.cancelled:
+                self.cancel()
+                raise SegmentationRunError(f"the segmentation did not finish within {timeout:.0f} s",
+                                           self.log.text())
+            time.sleep(interval)
+        if callback is not None:
+            callback(self.progress)
+        return self.result()
+
+    def result(self) -> dict[str, str]:
+        """The outputs the command wrote (labels, segmentation, report), or the error with the full log."""
+        if self.cancelled:
+            raise SegmentationCancelledError("segmentation cancelled")
+        if self.returncode is None:
+            raise RuntimeError("the process has not finished")
+        if self.returncode != 0 or not self.log.outputs:
+            self.log.progress.stage = "failed"
+            raise SegmentationRunError(self.log.errorMessage(self.returncode), self.log.text(), self.returncode)
+        return dict(self.log.outputs)
+
+
+class QtSegmentationRunner:
+    """Polls a ``SegmentationProcess`` from a Qt timer so that Slicer stays responsive while it runs.
+
+    ``onProgress(progress)`` after every poll; ``onFinished(process)`` once, when it has ended (call
+    ``process.result()`` there to get the outputs or the error).
+    """
+
+    def __init__(self, process: SegmentationProcess, onProgress: Callable[[Progress], Any] | None = None,
+                 onFinished: Callable[[SegmentationProcess], Any] | None = None, intervalMs: int = 200) -> None:
+        self.process = process
+        self.onProgress = onProgress
+        self.onFinished = onFinished
+        self.intervalMs = intervalMs
+        self._timer = None
+
+    def start(self) -> "QtSegmentationRunner":
+        import qt
+
+        self.process.start()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.intervalMs)
+        self._timer.connect("timeout()", self._tick)
+        self._timer.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._timer is not None and not self.process.finished
+
+    def cancel(self) -> None:
+        self.process.cancel()
+
+    def _tick(self) -> None:
+        finished = self.process.poll()
+        if self.onProgress is not None:
+            self.onProgress(self.process.progress)
+        if finished:
+            self._timer.stop()
+            if self.onFinished is not None:
+                self.onFinished(self.process)
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+def readOutputs(outputs: dict[str, str]):
+    """(label map, segment specs, report) from what ``segment`` wrote.
+
+    The ``.seg.nrrd`` carries the labels *and* their names, colours and terminology, so it is the one
+    file read for the voxels; the report is the JSON the command wrote.
+    """
+    from LiverTumorSegLib.segfile import read_seg_nrrd_labels
+
+    from .segments import SegmentSpec
+
+    labels, segments = read_seg_nrrd_labels(outputs["segmentation"])
+    specs = [SegmentSpec(s["name"], int(s["labelValue"]), tuple(int(round(c * 255)) for c in s["color"][:3]),
+                         s["terminology"]) for s in segments]
+    report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8")) if outputs.get("report") else {}
+    return labels, specs, report
+
+
+def runInProcess(image, modelFile: str | os.PathLike, device: str = "auto",
+                 progress: Callable[[Progress], Any] | None = None, thresholds: Sequence[float] | None = None,
+                 minLesionMm3: float | None = None, keepLabels: Sequence[str] | None = None, region=None,
+                 batchSize: int | None = None, clock: Callable[[], float] = time.monotonic):
+    """The same as a child process run, in this process: (label map, segment specs, report).
+
+    ``progress(progress)`` may return False to cancel (raises SegmentationCancelledError).
+    """
+    from LiverTumorSegLib.errors import SegmentationCancelled
+    from LiverTumorSegLib.pipeline import run_segmentation
+    from LiverTumorSegLib.report import lesion_report
+
+    from .segments import SegmentSpec
+
+    log = EventLog(clock)
+
+    def emit(event: dict) -> Any:
+        log.feed(json.dumps(event))
+        return progress(log.progress) if progress is not None else None
+
+    if emit({"event": "stage", "stage": "loading model"}) is False:
+        raise SegmentationCancelledError("segmentation cancelled")
+    emit({"event": "stage", "stage": "segmenting"})
+
+    def onSlices(done: int, total: int) -> bool:
+        return emit({"event": "progress", "stage": "segmenting", "done": done, "total": total}) is not False
+
+    try:
+        result = run_segmentation(image, str(modelFile), device=device, batch_size=batchSize, progress=onSlices,
+                                  thresholds=tuple(thresholds) if thresholds is not None else None,
+                                  min_lesion_mm3=minLesionMm3, region=region, keep_labels=keepLabels)
+    except SegmentationCancelled:
+        raise SegmentationCancelledError("segmentation cancelled") from None
+    emit({"event": "stage", "stage": "writing"})
+    labels = result.model.config.labels
+    specs = [SegmentSpec(lab.name, int(lab.value), tuple(int(c) for c in lab.color), lab.terminology)
+             for lab in labels]
+    report: dict[str, Any] = {"labels": {lab.name: lab.value for lab in labels}}
+    organ = next((lab for lab in labels if lab.role == "organ"), None)
+    lesion = next((lab for lab in labels if lab.role == "lesion"), None)
+    if organ is not None and lesion is not None:
+        report.update(lesion_report(result.labels, organ_value=organ.value, lesion_value=lesion.value,
+                                    organ_name=organ.name, lesion_name=lesion.name))
+    report["model"] = {"name": result.model.config.name, "file": str(modelFile)}
+    report["run"] = result.summary()
+    emit({"event": "done", "outputs": {}})
+    return result.labels, specs, report
+
+
+@dataclass
+class RunOptions:
+    """What a run needs besides the image: the model file and the core's options."""
+
+    modelFile: str
+    device: str = "auto"
+    thresholds: tuple[float, ...] | None = None
+    minLesionMm3: float | None = None
+    keepLabels: list[str] | None = None
+    region: tuple | None = None
+    batchSize: int | None = None
+
+
+class SegmentationJob:
+    """One run: the image and options going in; the label map, segment specs, report and log coming out.
+
+    Owns a temporary folder (the child process's input and outputs), removed by ``cleanup``. The Slicer
+    glue keeps the volume and segmentation nodes on it; nothing here touches them.
+    """
+
+    def __init__(self, image, options: RunOptions, volumeNode=None, segmentationNode=None) -> None:
+        self.image = image
+        self.options = options
+        self.volumeNode = volumeNode
+        self.segmentationNode = segmentationNode
+        self.labels = None
+        self.specs: list = []
+        self.report: dict = {}
+        self.log = ""
+        self._folder: str | None = None
+        self._start = time.monotonic()
+
+    def folder(self) -> str:
+        if self._folder is None:
+            import tempfile
+
+            self._folder = tempfile.mkdtemp(prefix="LiverTumorSeg-")
+        return self._folder
+
+    def seconds(self) -> float:
+        return time.monotonic() - self._start
+
+    def cleanup(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def childProcess(self, pythonPath: Sequence[str] = (), python: str | Sequence[str] | None = None,
+                     env: dict[str, str] | None = None) -> SegmentationProcess:
+        """The (not yet started) child process for this job; the image is written to the job's folder."""
+        import SimpleITK as sitk
+
+        folder = self.folder()
+        inputFile = os.path.join(folder, "volume.nrrd")
+        sitk.WriteImage(self.image, inputFile, False)
+        o = self.options
+        argv = segmentCommand(inputFile, os.path.join(folder, "output"), o.modelFile, device=o.device,
+                              thresholds=o.thresholds, minLesionMm3=o.minLesionMm3, keepLabels=o.keepLabels,
+                              region=o.region, batchSize=o.batchSize, python=python)
+        return SegmentationProcess(argv, env=childEnvironment(env, pythonPath), cwd=folder)
+
+    def takeResults(self, process: SegmentationProcess) -> None:
+        """Keep a finished process's log and read its outputs (raises its error or cancellation)."""
+        self.log = process.log.text()
+        self.labels, self.specs, self.report = readOutputs(process.result())
+
+    def run(self, progress: Callable[[Progress], Any] | None = None, inProcess: bool = False,
+            pythonPath: Sequence[str] = (), python: str | Sequence[str] | None = None,
+            interval: float = 0.1) -> "SegmentationJob":
+        """Run to the end (blocking); ``progress(progress)`` may return False to cancel."""
+        o = self.options
+        if inProcess:
+            self.labels, self.specs, self.report = runInProcess(
+                self.image, o.modelFile, device=o.device, progress=progress, thresholds=o.thresholds,
+                minLesionMm3=o.minLesionMm3, keepLabels=o.keepLabels, region=o.region, batchSize=o.batchSize)
+            self.log = ""
+            return self
+        process = self.childProcess(pythonPath, python)
+        try:
+            process.wait(progress, interval=interval)
+        except (SegmentationRunError, SegmentationCancelledError):
+            self.log = process.log.text()
+            raise
+        self.takeResults(process)
+        return self
