@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from slicer_api import imported_at_import_time
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "LiverTumorSeg"
@@ -41,23 +42,6 @@ from SegmentEditorLiverTumorAILib import runner, segments  # noqa: E402
 
 def parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"))
-
-
-def imported_at_import_time(path: Path) -> set[str]:
-    """Top-level packages imported by code that runs when the file is imported (module and class bodies)."""
-    stack, names = list(parse(path).body), set()
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            continue
-        if isinstance(node, ast.If) and dotted(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-            continue  # annotations only: never runs
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
-        stack.extend(ast.iter_child_nodes(node))
-    return names
 
 
 def class_def(tree: ast.Module, name: str) -> ast.ClassDef:

@@ -9,7 +9,6 @@ never a hang, and ``slicer.util.exit`` when it runs inside the Slicer applicatio
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import os
 import subprocess
@@ -17,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from slicer_api import ROOT, slicer_api_uses
+from slicer_api import ROOT, imported_at_import_time, slicer_api_uses
 
 MODULE = ROOT / "LiverTumorSegTrain" / "LiverTumorSegTrain.py"
 TRAIN = ROOT / "LiverTumorSegTrain" / "Scripts" / "train.py"
@@ -45,21 +44,6 @@ def test_the_reader_sees_the_calls_that_matter():
         "ScriptedLoadableModuleTest.delayDisplay",
     } <= used
     assert "slicer.util.exit" in {u.name for u in slicer_api_uses(TRAIN.read_text(encoding="utf-8"))}
-
-
-def imported_at_import_time(path: Path) -> set[str]:
-    """Top-level packages imported by code that runs when the file is imported (module and class bodies)."""
-    stack, names = list(ast.parse(path.read_text(encoding="utf-8")).body), set()
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            continue
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
-        stack.extend(ast.iter_child_nodes(node))
-    return names
 
 
 def test_heavy_imports_only_inside_functions():
