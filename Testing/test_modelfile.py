@@ -171,3 +171,21 @@ def test_model_file_is_a_zip_of_plain_data(tmp_path):
     assert zipfile.is_zipfile(path)
     payload = torch.load(path, weights_only=True)
     assert payload["format"] == "LiverTumorSeg model" and payload["config"]["architecture"] == "rec_unet"
+
+
+def test_a_localiser_stage_travels_inside_the_model_file(tmp_path):
+    from LiverTumorSegLib.labels import LIVER as liver_label
+    from LiverTumorSegLib.modelfile import attach_localizer
+
+    localizer = new_model(tiny_config(labels=(liver_label,), thresholds=(0.5,), spacing_yx_mm=(6.0, 6.0),
+                                      architecture_kwargs={"in_channels": 3, "out_channels": 1, "base_width": 2},
+                                      name="loc"))
+    model = attach_localizer(new_model(tiny_config()), localizer)
+    loaded = load_model(save_model(model, tmp_path / "two_stage.pt"))
+    assert loaded.localizer is not None and loaded.localizer.config == localizer.config
+    for k, v in localizer.network.state_dict().items():
+        assert torch.equal(loaded.localizer.network.state_dict()[k], v)
+    assert load_model(save_model(attach_localizer(loaded, None), tmp_path / "one.pt")).localizer is None
+    with pytest.raises(ValueError, match="organ label"):
+        save_model(attach_localizer(model, new_model(tiny_config(labels=(TUMOR,), thresholds=(0.5,),
+                   architecture_kwargs={"in_channels": 3, "out_channels": 1, "base_width": 2}))), tmp_path / "x.pt")

@@ -233,3 +233,49 @@ def test_liver_only_output_counts_tumour_as_liver(small_phantom):
     np.testing.assert_array_equal(only_tumour, np.where(t == 2, 2, 0))
     with pytest.raises(Exception, match="unknown label"):
         segment(ct, oracle_model(), device="cpu", keep_labels=["spleen"])
+
+
+def _localizer(levels=(0.25,), spacing=(6.0, 6.0)):
+    from LiverTumorSegLib.modelfile import SegmentationModel as Model
+
+    from conftest import OracleNet
+
+    cfg = ModelConfig("test_oracle", {"levels": levels}, (LIVER,), spacing_yx_mm=spacing, name="localiser")
+    return Model(OracleNet(levels=levels), cfg)
+
+
+def test_coarse_to_fine_runs_the_fine_model_only_around_the_liver_and_gives_the_same_labels():
+    from LiverTumorSegLib.modelfile import attach_localizer
+
+    ct, truth = make_phantom(shape_zyx=(60, 110, 120), spacing_zyx=(2.5, 1.6, 1.6), seed=8, orientation="RAS",
+                             lesion_diameters_mm=(12.0, 18.0), liver_slice_fraction=(0.3, 0.7))
+    image = encode_labels(ct, truth)
+    fine = oracle_model(spacing_yx_mm=(2.0, 2.0))
+    shapes = []
+    fine.network.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
+    slow = run_segmentation(image, fine, device="cpu")
+    full_width = shapes[0][-1]
+    shapes.clear()
+    calls = []
+    fast = run_segmentation(image, attach_localizer(fine, _localizer()), device="cpu",
+                            progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(fast.labels), sitk.GetArrayFromImage(slow.labels))
+    region = fast.plan.region
+    t = sitk.GetArrayFromImage(sitk.DICOMOrient(truth, "LPS"))
+    zs = np.flatnonzero(t.any(axis=(1, 2)))
+    assert region["slices"][0] <= zs[0] and region["slices"][1] > zs[-1]
+    assert region["slices"][1] - region["slices"][0] < 0.75 * t.shape[0]  # liver-free slices skipped
+    assert max(s[-1] for s in shapes) < full_width and sum(s[0] for s in shapes) == np.diff(region["slices"])[0]
+    assert calls[-1][0] == calls[-1][1] and all(a <= b for a, b in calls)
+    assert "localize" in fast.seconds
+
+
+def test_a_localiser_that_finds_nothing_falls_back_to_the_whole_volume(small_phantom):
+    from LiverTumorSegLib.modelfile import attach_localizer
+
+    ct, truth = small_phantom
+    blind = attach_localizer(oracle_model(), _localizer(levels=(5.0,)))
+    with pytest.warns(RuntimeWarning, match="no liver"):
+        result = run_segmentation(encode_labels(ct, truth), blind, device="cpu")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(truth))
+    assert result.plan.region is None

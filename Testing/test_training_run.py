@@ -135,3 +135,23 @@ def test_pseudo_labels_become_a_weighted_training_set(phantom_data, tmp_path):
     student = train(tiny(phantom_data, tmp_path / "student", epochs=1, pseudo=[str(pseudo)], pseudo_weight=0.3),
                     progress=False)
     assert set(load_model(student.model_path).config.provenance["config"]["pseudo"]) == {str(pseudo)}
+
+
+def test_a_liver_localiser_trains_and_attaches_as_the_coarse_stage(phantom_data, tmp_path):
+    loc_run = tmp_path / "loc"
+    assert main(["train", str(phantom_data), "-o", str(loc_run), "--preset", "localizer", "--width", "4",
+                 "--epochs", "2", "--steps-per-epoch", "4", "--val-cases", "p7", "--device", "cpu", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    localizer = load_model(loc_run / MODEL)
+    assert [lab.name for lab in localizer.config.labels] == ["Liver"] and localizer.config.spacing_yx_mm == (6.0, 6.0)
+    assert "val_dice_liver" in localizer.config.metrics  # validated against liver ∪ tumour
+    fine = train(tiny(phantom_data, tmp_path / "fine", epochs=1), progress=False)
+    both = tmp_path / "both.pt"
+    assert main(["attach-localizer", str(fine.model_path), str(loc_run / MODEL), "-o", str(both)]) == 0
+    model = load_model(both)
+    assert model.localizer is not None and model.localizer.config.labels[0].name == "Liver"
+    ct, _ = find_cases(phantom_data)[0].load()
+    from LiverTumorSegLib.pipeline import run_segmentation
+
+    result = run_segmentation(ct, model, device="cpu")  # runs both stages (untrained: any region is fine)
+    assert result.labels.GetSize() == ct.GetSize() and "localize" in result.seconds

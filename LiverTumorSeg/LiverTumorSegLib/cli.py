@@ -112,7 +112,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     image, model, device=args.device, batch_size=args.batch_size, precision=args.precision,
                     progress=progress, allow_non_ct=args.allow_non_ct, modality=modality,
                     min_lesion_mm3=args.min_lesion_mm3, thresholds=args.thresholds, region=args.region,
-                    keep_labels=args.keep)
+                    keep_labels=args.keep, use_localizer=args.use_localizer)
             _emit(args, "stage", case=case.case_id, stage="writing")
             t = time.perf_counter()
             write_image_atomic(result.labels, paths["labels"], overwrite=args.overwrite)
@@ -152,6 +152,22 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
     path = save_model(model, args.output, overwrite=args.overwrite, half_precision=args.half)
     print(f"wrote {path}: {model.config.architecture} {model.config.architecture_kwargs}, "
           f"labels {[lab.name for lab in model.config.labels]}")
+    return 0
+
+
+def cmd_attach_localizer(args: argparse.Namespace) -> int:
+    from .modelfile import attach_localizer, load_model, save_model
+
+    model, localizer = load_model(args.model), load_model(args.localizer)
+    if localizer.localizer is not None:
+        raise LiverTumorSegError(f"{args.localizer} has a localiser stage itself; give a plain (liver) model")
+    if not any(lab.role == "organ" for lab in localizer.config.labels):
+        names = ", ".join(lab.name for lab in localizer.config.labels)
+        raise LiverTumorSegError(f"{args.localizer} has no organ label ({names}); train a liver localiser "
+                                 f"(livertumorseg train --preset localizer)")
+    path = save_model(attach_localizer(model, localizer), args.output, overwrite=args.overwrite)
+    print(f"wrote {path}: {model.config.name} with localiser {localizer.config.name} "
+          f"({localizer.config.spacing_yx_mm or 'native'} mm)")
     return 0
 
 
@@ -213,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment only this index box (half-open voxel ranges; an ROI or a slice range)")
     s.add_argument("--progress", choices=["bar", "json"], default="bar",
                    help="json: one JSON event per line on stdout (for front ends running this as a subprocess)")
+    s.add_argument("--no-localizer", dest="use_localizer", action="store_false",
+                   help="run the fine model on every whole slice even if the model has a localiser stage")
     s.add_argument("--allow-non-ct", action="store_true", help="skip the check that the input is CT in HU")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -228,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--half", action="store_true", help="store fp16 weights (half the file size)")
     w.add_argument("--overwrite", action="store_true")
     w.set_defaults(func=cmd_import_weights)
+
+    a = sub.add_parser("attach-localizer", help="make a coarse-to-fine model: MODEL runs only where LOCALIZER "
+                                                "finds the liver")
+    a.add_argument("model", metavar="MODEL.pt")
+    a.add_argument("localizer", metavar="LOCALIZER.pt")
+    a.add_argument("-o", "--output", required=True, metavar="OUT.pt")
+    a.add_argument("--overwrite", action="store_true")
+    a.set_defaults(func=cmd_attach_localizer)
 
     i = sub.add_parser("info", help="versions, torch build, CUDA/MPS, GPU name and free memory")
     i.add_argument("--json", action="store_true")

@@ -2,7 +2,8 @@
 
 Each batch is built from only the slices it needs (plus context), resampled, windowed, run, mapped
 back to the input's in-plane grid and thresholded on the device, so memory stays bounded by the
-batch whatever the length of the scan: no float copy of the whole volume is ever made.
+batch whatever the length of the scan: no float copy of the whole volume is ever made. The same loop
+runs a coarse localiser on the model grid and the fine model on a crop of it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class InferencePlan:
     model_size_yx: tuple[int, int]
     padded_size_yx: tuple[int, int]
     resample: bool
+    #: where the fine model ran after localisation (slices, box of the model grid); None: everywhere
+    region: dict | None = None
 
 
 def choose_precision(precision: str, device: "torch.device") -> str:
@@ -104,97 +107,158 @@ def normalize_hu(t: "torch.Tensor", window_hu: tuple[float, float]) -> "torch.Te
     return (t.float().clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
 
 
-def stack_context(t: "torch.Tensor", k: int) -> "torch.Tensor":
-    """(n + 2k, 1, H, W) consecutive slices -> (n, 2k+1, H, W): channel j of output i is slice i + j."""
-    if k == 0:
-        return t
-    return t[:, 0].unfold(0, 2 * k + 1, 1).permute(0, 3, 1, 2)
+#: a crop of the model grid: (rows, columns) slices
+Box = tuple[slice, slice]
 
 
-def network_input(slab: "torch.Tensor", plan: InferencePlan, model: SegmentationModel) -> "torch.Tensor":
-    """HU slices (n + 2k, H, W) -> network input (n, 2k+1, H', W'): resample, window, pad, stack context.
+def network_input(slabs: "torch.Tensor", plan: InferencePlan, model: SegmentationModel,
+                  box: Box | None = None) -> "torch.Tensor":
+    """HU context stacks (B, 2k+1, H, W) -> network input: resample, crop, window, pad to the size multiple.
 
-    Training builds its inputs from the same ``normalize_hu`` and ``stack_context``, so what the
-    network sees there is exactly what it sees here.
+    Whole slices are resampled before cropping, so a crop sees exactly the pixels the full-slice path
+    sees. Training uses the same ``normalize_hu``: what the network sees there is what it sees here.
     """
     import torch.nn.functional as F
 
-    t = normalize_hu(resize(slab.float().unsqueeze(1), plan.model_size_yx), model.config.window_hu)
-    ph, pw = plan.padded_size_yx[0] - t.shape[-2], plan.padded_size_yx[1] - t.shape[-1]
-    if ph or pw:
-        t = F.pad(t, (0, pw, 0, ph), value=-1.0)
-    return stack_context(t, model.config.context_slices)
+    b, c, h, w = slabs.shape
+    t = resize(slabs.float().reshape(b * c, 1, h, w), plan.model_size_yx).reshape(b, c, *plan.model_size_yx)
+    if box is not None:
+        t = t[:, :, box[0], box[1]]
+    t = normalize_hu(t, model.config.window_hu)
+    m = model.config.size_multiple
+    ph, pw = padded_size(t.shape[-2], m) - t.shape[-2], padded_size(t.shape[-1], m) - t.shape[-1]
+    return F.pad(t, (0, pw, 0, ph), value=-1.0) if ph or pw else t
 
 
-def channel_bits(logits: "torch.Tensor", plan: InferencePlan, model: SegmentationModel,
-                 out_size: tuple[int, int], thresholds: tuple[float, ...]) -> "torch.Tensor":
-    """Logits on the padded model grid -> uint8 bits per voxel on the input grid (bit i: label i)."""
+def probabilities(logits: "torch.Tensor", model: SegmentationModel, crop_yx: tuple[int, int],
+                  plan: InferencePlan, box: Box | None = None) -> "torch.Tensor":
+    """Per-channel probabilities on the whole model grid (outside a crop box: background)."""
     import torch
 
-    cfg = model.config
-    logits = logits[:, :, :plan.model_size_yx[0], :plan.model_size_yx[1]].float()
-    if cfg.output_activation == "softmax":
-        probs = resize(torch.softmax(logits, dim=1), out_size)
+    logits = logits[:, :, :crop_yx[0], :crop_yx[1]].float()
+    softmax = model.config.output_activation == "softmax"
+    probs = torch.softmax(logits, dim=1) if softmax else torch.sigmoid(logits)
+    if box is None:
+        return probs
+    canvas = torch.zeros(probs.shape[0], probs.shape[1], *plan.model_size_yx, device=probs.device)
+    if softmax:
+        canvas[:, 0] = 1.0
+    canvas[:, :, box[0], box[1]] = probs
+    return canvas
+
+
+def threshold_bits(probs: "torch.Tensor", model: SegmentationModel, thresholds: tuple[float, ...]) -> "torch.Tensor":
+    """Probabilities (B, C, h, w) -> uint8 bits (B, h, w): bit i set where label i was predicted."""
+    import torch
+
+    if model.config.output_activation == "softmax":
         label = probs.argmax(dim=1)
-        bits = torch.where(label > 0, torch.bitwise_left_shift(torch.ones_like(label), (label - 1).clamp(min=0)),
-                           torch.zeros_like(label))
+        one = torch.ones_like(label)
+        bits = torch.where(label > 0, torch.bitwise_left_shift(one, (label - 1).clamp(min=0)), torch.zeros_like(label))
         return bits.to(torch.uint8)
-    probs = resize(torch.sigmoid(logits), out_size)
-    bits = torch.zeros(probs.shape[0], *out_size, dtype=torch.uint8, device=probs.device)
+    bits = torch.zeros(probs.shape[0], *probs.shape[2:], dtype=torch.uint8, device=probs.device)
     for c, threshold in enumerate(thresholds):
         bits |= (probs[:, c] > threshold).to(torch.uint8) << c
     return bits
 
 
-def predict_bits(model: SegmentationModel, volume: np.ndarray, out: np.ndarray, plan: InferencePlan,
-                 thresholds: tuple[float, ...] | None = None,
-                 progress: ProgressCallback | None = None) -> InferencePlan:
-    """Fill ``out`` (canonical uint8 view, Z x H x W) with the thresholded channel bits of every slice.
+def _run_batches(model: SegmentationModel, volume: np.ndarray, plan: InferencePlan, zs: np.ndarray, consume,
+                 box: Box | None = None, progress: ProgressCallback | None = None) -> InferencePlan:
+    """Run the network over slices ``zs`` in batches, handing each batch's logits to ``consume(z, logits)``.
 
-    A CUDA out-of-memory error halves the batch and retries; at batch 1 it falls back to the CPU
-    with a warning. Returns the plan as finally run (device and batch size may have changed).
+    The next batch's input is prepared in a background thread while the network runs (torch releases
+    the GIL), so reading and resampling overlap with compute. A CUDA out-of-memory error halves the
+    batch and retries; at batch 1 it falls back to the CPU with a warning.
     """
     import torch
 
-    thresholds = tuple(thresholds or model.config.thresholds)
-    n_slices, h, w = volume.shape
     k = model.config.context_slices
+    offsets = np.arange(-k, k + 1)
     net = model.network.to(plan.device).eval()
-    z = 0
-    while z < n_slices:
-        z1 = min(n_slices, z + plan.batch_size)
-        idx = np.clip(np.arange(z - k, z1 + k), 0, n_slices - 1)
-        slab = torch.from_numpy(np.ascontiguousarray(volume[idx]))
-        try:
-            with torch.inference_mode():
-                x = network_input(slab.to(plan.device), plan, model)
-                if plan.precision == "fp32":
-                    logits = net(x)
-                else:
-                    dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float16
-                    with torch.autocast(device_type=plan.device.type, dtype=dtype):
+
+    def prepare(i0: int, i1: int):
+        idx = np.clip(zs[i0:i1, None] + offsets[None, :], 0, volume.shape[0] - 1)
+        slab = torch.from_numpy(np.ascontiguousarray(volume[idx.ravel()])).reshape(i1 - i0, 2 * k + 1,
+                                                                                    *volume.shape[1:])
+        with torch.inference_mode():
+            return network_input(slab, plan, model, box)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        i = 0
+        pending = pool.submit(prepare, 0, min(len(zs), plan.batch_size))
+        while i < len(zs):
+            i1 = min(len(zs), i + plan.batch_size)
+            try:
+                x = pending.result().to(plan.device)
+                if i1 < len(zs):
+                    pending = pool.submit(prepare, i1, min(len(zs), i1 + plan.batch_size))
+                with torch.inference_mode():
+                    if plan.precision == "fp32":
                         logits = net(x)
-                bits = channel_bits(logits, plan, model, (h, w), thresholds)
-            out[z:z1] = bits.cpu().numpy()
-        except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-            if not _is_out_of_memory(e):
-                raise
-            if plan.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if plan.batch_size > 1:
-                plan.batch_size = max(1, plan.batch_size // 2)
-                log.warning("out of memory; retrying with batch size %d", plan.batch_size)
+                    else:
+                        dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float16
+                        with torch.autocast(device_type=plan.device.type, dtype=dtype):
+                            logits = net(x)
+                    consume(zs[i:i1], logits)
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not _is_out_of_memory(e):
+                    raise
+                if plan.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if plan.batch_size > 1:
+                    plan.batch_size = max(1, plan.batch_size // 2)
+                    log.warning("out of memory; retrying with batch size %d", plan.batch_size)
+                elif plan.device.type != "cpu":
+                    warnings.warn(f"{plan.device} ran out of memory even at batch size 1; continuing on the CPU "
+                                  f"(slower). Close other GPU programs or use --device cpu.", RuntimeWarning)
+                    plan.device = torch.device("cpu")
+                    plan.precision = choose_precision("auto", plan.device)
+                    net = net.to(plan.device)
+                else:
+                    raise LiverTumorSegError("out of memory on the CPU even at batch size 1; close other programs "
+                                             "or use a model with a coarser input spacing") from None
+                pending.cancel()
+                pending = pool.submit(prepare, i, min(len(zs), i + plan.batch_size))
                 continue
-            if plan.device.type != "cpu":
-                warnings.warn(f"{plan.device} ran out of memory even at batch size 1; continuing on the CPU "
-                              f"(slower). Close other GPU programs or use --device cpu.", RuntimeWarning)
-                plan.device = torch.device("cpu")
-                plan.precision = choose_precision("auto", plan.device)
-                net = net.to(plan.device)
-                continue
-            raise LiverTumorSegError("out of memory on the CPU even at batch size 1; close other programs or "
-                                     "use a model with a coarser input spacing") from None
-        z = z1
-        if progress is not None and progress(z, n_slices) is False:
-            raise SegmentationCancelled("segmentation cancelled")
+            i = i1
+            if progress is not None and progress(i, len(zs)) is False:
+                raise SegmentationCancelled("segmentation cancelled")
     return plan
+
+
+def predict_bits(model: SegmentationModel, volume: np.ndarray, out: np.ndarray, plan: InferencePlan,
+                 thresholds: tuple[float, ...] | None = None, progress: ProgressCallback | None = None,
+                 z_range: tuple[int, int] | None = None, box: Box | None = None) -> InferencePlan:
+    """Fill ``out`` (canonical uint8 view, Z x H x W) with the thresholded channel bits of slices ``z_range``.
+
+    ``box`` restricts the network to a crop of the model grid (coarse-to-fine); outside it, and outside
+    ``z_range``, ``out`` is left as it is. Returns the plan as finally run (device and batch size may
+    have changed after an out-of-memory error).
+    """
+    thresholds = tuple(thresholds or model.config.thresholds)
+    h, w = volume.shape[1:]
+    crop = plan.model_size_yx if box is None else (box[0].stop - box[0].start, box[1].stop - box[1].start)
+    z0, z1 = z_range or (0, volume.shape[0])
+
+    def consume(z, logits):
+        probs = resize(probabilities(logits, model, crop, plan, box), (h, w))
+        out[int(z[0]):int(z[-1]) + 1] = threshold_bits(probs, model, thresholds).cpu().numpy()
+
+    return _run_batches(model, volume, plan, np.arange(z0, z1), consume, box, progress)
+
+
+def predict_model_grid(model: SegmentationModel, volume: np.ndarray, plan: InferencePlan, zs: np.ndarray,
+                       progress: ProgressCallback | None = None) -> np.ndarray:
+    """Thresholded bits of slices ``zs`` on the model's own grid (no mapping back): the localiser's view."""
+    out = np.zeros((len(zs),) + tuple(plan.model_size_yx), dtype=np.uint8)
+    position = {int(z): n for n, z in enumerate(zs)}
+
+    def consume(z, logits):
+        probs = probabilities(logits, model, plan.model_size_yx, plan)
+        n = position[int(z[0])]
+        out[n:n + len(z)] = threshold_bits(probs, model, model.config.thresholds).cpu().numpy()
+
+    _run_batches(model, volume, plan, np.asarray(zs), consume, None, progress)
+    return out

@@ -57,6 +57,8 @@ class ModelConfig:
     organ_margin_mm: float = 3.0
     #: height and width given to the network are padded to a multiple of this
     size_multiple: int = 16
+    #: coarse-to-fine: the box found by the model's localiser stage is grown by this margin (mm)
+    localizer_margin_mm: float = 15.0
     name: str = "unnamed model"
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -117,14 +119,18 @@ class ModelConfig:
 class SegmentationModel:
     """A network in eval mode together with the config that says how to use it."""
 
-    def __init__(self, network: "torch.nn.Module", config: ModelConfig, source: str | None = None) -> None:
+    def __init__(self, network: "torch.nn.Module", config: ModelConfig, source: str | None = None,
+                 localizer: "SegmentationModel | None" = None) -> None:
         self.network = network.eval()
         self.config = config
         self.source = source
+        #: optional coarse stage: a small, low-resolution model whose organ label bounds where this one runs
+        self.localizer = localizer
 
     def __repr__(self) -> str:
+        stage = f", localizer={self.localizer.config.name!r}" if self.localizer is not None else ""
         return (f"SegmentationModel({self.config.name!r}, {self.config.architecture}, "
-                f"labels={[lab.name for lab in self.config.labels]})")
+                f"labels={[lab.name for lab in self.config.labels]}{stage})")
 
 
 def new_model(config: ModelConfig) -> SegmentationModel:
@@ -141,15 +147,30 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, overwrite: boo
 
     from .atomicfile import atomic_path
 
-    state = {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()}
-    if half_precision:  # halves the file; weights are cast back to float32 on load
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
-               "state_dict": state}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **_stage_payload(model, half_precision)}
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def _stage_payload(model: SegmentationModel, half_precision: bool) -> dict[str, Any]:
+    state = {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()}
+    if half_precision:  # halves the file; weights are cast back to float32 on load
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    payload: dict[str, Any] = {"config": model.config.to_dict(), "state_dict": state}
+    if model.localizer is not None:
+        if model.localizer.localizer is not None:
+            raise ValueError("a localiser cannot have a localiser of its own")
+        if not any(lab.role == "organ" for lab in model.localizer.config.labels):
+            raise ValueError("a localiser needs an organ label (it bounds where the main model runs)")
+        payload["localizer"] = _stage_payload(model.localizer, half_precision)
+    return payload
+
+
+def attach_localizer(model: SegmentationModel, localizer: SegmentationModel | None) -> SegmentationModel:
+    """The same model with ``localizer`` as its coarse stage (None: without one)."""
+    return SegmentationModel(model.network, model.config, model.source, localizer)
 
 
 def _safe_torch_load(path: Path) -> Any:
@@ -176,9 +197,7 @@ def _safe_torch_load(path: Path) -> Any:
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> SegmentationModel:
-    """Read a LiverTumorSeg model file; raises ModelFileError with the reason and the fix."""
-    from .models import build_model
-
+    """Read a LiverTumorSeg model file (with its localiser stage, if any); ModelFileError says why and the fix."""
     path = Path(path)
     payload = _safe_torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -192,25 +211,35 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> SegmentationMode
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFileError(f"{path} has model-file format version {version!r}, newer than this LiverTumorSeg "
                              f"understands ({FORMAT_VERSION}); update LiverTumorSeg")
+    model = _stage_from_payload(payload, path, device)
+    if isinstance(payload.get("localizer"), dict):
+        model.localizer = _stage_from_payload(payload["localizer"], path, device, "localiser stage of ")
+    return model
+
+
+def _stage_from_payload(payload: dict[str, Any], path: Path, device: str, what: str = "") -> SegmentationModel:
+    from .models import build_model
+
+    where = f"{what}{path}"
     try:
         config = ModelConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelFileError(f"{path} has an invalid model description ({e}); the file is damaged or was "
+        raise ModelFileError(f"{where} has an invalid model description ({e}); the file is damaged or was "
                              f"edited by hand: re-export it") from None
     try:
         network = build_model(config.architecture, **config.architecture_kwargs)
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelFileError(f"{path} needs architecture {config.architecture!r} with "
+        raise ModelFileError(f"{where} needs architecture {config.architecture!r} with "
                              f"{config.architecture_kwargs}, which this LiverTumorSeg cannot build ({e}); "
                              f"update LiverTumorSeg") from None
     state = payload.get("state_dict")
     if not isinstance(state, dict):
-        raise ModelFileError(f"{path} holds no weights (state_dict missing); re-export the model")
+        raise ModelFileError(f"{where} holds no weights (state_dict missing); re-export the model")
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise ModelFileError(f"{path}: weights do not fit architecture {config.architecture} "
+        raise ModelFileError(f"{where}: weights do not fit architecture {config.architecture} "
                              f"{config.architecture_kwargs} ({first[:160]}); the file is damaged") from None
     network.float().to(device)
     return SegmentationModel(network, config, source=str(path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -41,6 +42,7 @@ class SegmentationResult:
     def summary(self) -> dict[str, Any]:
         return {"device": str(self.plan.device), "precision": self.plan.precision,
                 "batch_size": self.plan.batch_size, "model_grid_yx": list(self.plan.model_size_yx),
+                "localized_region": self.plan.region,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
@@ -49,7 +51,8 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
                      progress: ProgressCallback | None = None, thresholds: tuple[float, ...] | None = None,
                      min_lesion_mm3: float | None = None, organ_margin_mm: float | None = None,
                      allow_non_ct: bool = False, modality: str | None = None,
-                     region: IndexBox | None = None, keep_labels: Sequence[str] | None = None) -> SegmentationResult:
+                     region: IndexBox | None = None, keep_labels: Sequence[str] | None = None,
+                     use_localizer: bool = True) -> SegmentationResult:
     """Segment a CT volume; see ``segment``. Also returns the plan that ran and stage timings."""
     import SimpleITK as sitk
 
@@ -59,7 +62,7 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
         return _segment_region(image, region, model, device=device, batch_size=batch_size, precision=precision,
                                progress=progress, thresholds=thresholds, min_lesion_mm3=min_lesion_mm3,
                                organ_margin_mm=organ_margin_mm, allow_non_ct=allow_non_ct, modality=modality,
-                               keep_labels=keep_labels)
+                               keep_labels=keep_labels, use_localizer=use_localizer)
     t0 = time.perf_counter()
     validate_ct(image, allow_non_ct=allow_non_ct, modality=modality)
     torch_device = resolve_device(device)
@@ -77,7 +80,22 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
     out = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
     out_canonical = frame.view(out)  # writes land on the input grid: the inverse transform is exact
     plan = make_plan(model, volume.shape, frame.spacing_zyx, torch_device, precision, batch_size)
-    plan = predict_bits(model, volume, out_canonical, plan, thresholds, progress)
+    z_range, box, done_before = None, None, 0
+    if model.localizer is not None and use_localizer:
+        found = locate(model, volume, frame.spacing_zyx, plan, precision, progress)
+        seconds["localize"] = time.perf_counter() - t
+        done_before = found.slices_run
+        if found.z_range is None:
+            warnings.warn("the localiser found no liver; segmenting the whole volume", RuntimeWarning)
+        else:
+            z_range, box = found.z_range, found.box
+
+    def fine_progress(done: int, total: int):
+        return None if progress is None else progress(done_before + done, done_before + total)
+
+    plan = predict_bits(model, volume, out_canonical, plan, thresholds, fine_progress, z_range, box)
+    plan.region = None if z_range is None else {"slices": list(z_range), "box_yx": [[box[0].start, box[0].stop],
+                                                                                     [box[1].start, box[1].stop]]}
     seconds["inference"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -92,6 +110,56 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
     seconds["postprocess"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     return SegmentationResult(labels, model, plan, seconds)
+
+
+@dataclass
+class Located:
+    """Where the localiser found the organ: a slice range and a box of the fine model's grid."""
+
+    z_range: tuple[int, int] | None
+    box: tuple[slice, slice] | None
+    slices_run: int
+
+
+#: the localiser looks at one slice every this many mm (its box only needs the organ's extent)
+LOCALIZER_Z_STEP_MM = 4.0
+
+
+def locate(model: SegmentationModel, volume: np.ndarray, spacing_zyx: tuple[float, float, float],
+           plan: InferencePlan, precision: str = "auto", progress: ProgressCallback | None = None) -> Located:
+    """Coarse stage: run the small localiser on every few slices at its low resolution, keep its largest
+    organ component, and turn that component's extent (+ margin) into a slice range and a box of the
+    fine model's grid. Everything here happens on the localiser's small grid: no full-size arrays."""
+    import math
+
+    from .inference import predict_model_grid
+    from .postprocess import largest_component_filled
+
+    loc = model.localizer
+    n, h, w = volume.shape
+    step = max(1, int(round(LOCALIZER_Z_STEP_MM / spacing_zyx[0])))
+    zs = np.arange(0, n, step)
+    loc_plan = make_plan(loc, volume.shape, spacing_zyx, plan.device, precision, None)
+    bits = predict_model_grid(loc, volume, loc_plan, zs, progress=None if progress is None else
+                              (lambda d, t: progress(d, t + n)))
+    organ_bits = sum(1 << i for i, lab in enumerate(loc.config.labels) if lab.role in ("organ", "lesion"))
+    mask = (bits & np.uint8(organ_bits)) != 0
+    if not mask.any():
+        return Located(None, None, len(zs))
+    hl, wl = loc_plan.model_size_yx
+    organ = largest_component_filled(np.pad(mask, 1))
+    zz = np.flatnonzero(organ.any(axis=(1, 2)))
+    yy = np.flatnonzero(organ.any(axis=(0, 2)))
+    xx = np.flatnonzero(organ.any(axis=(0, 1)))
+    margin = model.config.localizer_margin_mm
+    mz = int(math.ceil(margin / spacing_zyx[0]))
+    z0 = max(0, int(zs[zz[0]]) - step - mz)
+    z1 = min(n, int(zs[zz[-1]]) + step + mz + 1)
+    hm, wm = plan.model_size_yx  # both grids span the same field of view: edges scale linearly
+    my, mx = margin * hm / (h * spacing_zyx[1]), margin * wm / (w * spacing_zyx[2])
+    y0, y1 = max(0, math.floor(yy[0] * hm / hl - my)), min(hm, math.ceil((yy[-1] + 1) * hm / hl + my))
+    x0, x1 = max(0, math.floor(xx[0] * wm / wl - mx)), min(wm, math.ceil((xx[-1] + 1) * wm / wl + mx))
+    return Located((z0, z1), (slice(y0, y1), slice(x0, x1)), len(zs))
 
 
 def _keep_only(out: np.ndarray, labels: Sequence[LabelSpec], keep: Sequence[str]) -> None:

@@ -49,13 +49,16 @@ def epoch_samples(cases: list[CachedCase], n: int, epoch: int, seed: int, tumor_
     return samples
 
 
-def channel_targets(labels: np.ndarray, specs: tuple[LabelSpec, ...]) -> np.ndarray:
+def channel_targets(labels: np.ndarray, specs: tuple[LabelSpec, ...],
+                    lesion_values: tuple[int, ...] | None = None) -> np.ndarray:
     """Label values -> one binary target per model channel (sigmoid models).
 
     An organ channel includes the lesions inside it (tumour is liver tissue: the authors' nested
     [liver ⊇ tumour] channels); every other channel is its own label value only.
     """
-    lesion_values = [s.value for s in specs if s.role == "lesion"]
+    if lesion_values is None:  # a liver-only model trained on liver+tumour data passes the data's lesion values
+        lesion_values = tuple(s.value for s in specs if s.role == "lesion")
+    lesion_values = list(lesion_values)
     out = np.empty((len(specs),) + labels.shape, dtype=np.float32)
     for c, spec in enumerate(specs):
         values = [spec.value] + (lesion_values if spec.role == "organ" else [])
@@ -88,7 +91,7 @@ def _window(array: np.ndarray, zs: np.ndarray, y0: int, x0: int, size: tuple[int
 
 
 def build_batch(cases: list[CachedCase], samples: list[Sample], specs: tuple[LabelSpec, ...], context: int,
-                crop: int | None, multiple: int, epoch: int, seed: int):
+                crop: int | None, multiple: int, epoch: int, seed: int, lesion_values: tuple[int, ...] | None = None):
     """(HU slices, targets, weights) tensors for a batch: (B, 2k+1, S, S), (B, C, S, S), (B,)."""
     import torch
 
@@ -105,7 +108,8 @@ def build_batch(cases: list[CachedCase], samples: list[Sample], specs: tuple[Lab
         y0, x0 = _crop_origin(case, s.z, crop, rng) if crop is not None else (0, 0)
         zs = np.clip(np.arange(s.z - context, s.z + context + 1), 0, case.image.shape[0] - 1)
         images.append(_window(case.image, zs, y0, x0, size, AIR_HU))
-        targets.append(channel_targets(_window(case.labels, np.array([s.z]), y0, x0, size, 0)[0], specs))
+        targets.append(channel_targets(_window(case.labels, np.array([s.z]), y0, x0, size, 0)[0], specs,
+                                       lesion_values))
         weights.append(case.weight)
     return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)),
             torch.tensor(weights, dtype=torch.float32))

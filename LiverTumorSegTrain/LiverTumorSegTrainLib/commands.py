@@ -41,6 +41,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over, replacing the run in RUNDIR")
     g = p.add_argument_group("data")
     g.add_argument("--kind", default=None, help="dataset layout (default: detect)")
+    g.add_argument("--labels", type=lambda t: [v for v in t.split(",") if v], default=None, metavar="NAME,...",
+                   help="train only these labels (e.g. liver: a localiser; tumour voxels count as liver)")
     g.add_argument("--pseudo", nargs="+", default=None, metavar="DIR", help="pseudo-labelled datasets")
     g.add_argument("--pseudo-weight", type=float, default=None)
     g.add_argument("--folds", type=int, default=None, help="k of the patient-level k-fold split (0: no validation)")

@@ -27,6 +27,8 @@ class TrainConfig:
     #: loss weight of pseudo-labelled samples relative to labelled ones (CARes-UNet's semi-supervision)
     pseudo_weight: float = 0.5
     kind: str = "auto"
+    #: train only these of the data's labels (e.g. ["liver"] for a localiser; tumour then counts as liver)
+    labels: list[str] = field(default_factory=list)
     architecture: str = "rec_unet"
     base_width: int = 16
     context_slices: int = 1
@@ -103,6 +105,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                           warmup_epochs=0, epochs=120, loss="bce_dice", augment=False, window_hu=(-200.0, 200.0)),
     # CARes-UNet's optimiser on the REC-UNet network: Ranger 5e-4.
     "ranger": dict(optimizer="ranger", lr=5e-4, schedule="cosine"),
+    # The coarse stage of coarse-to-fine inference: liver only, 6 mm, whole slices; cheap on every slice.
+    "localizer": dict(architecture="rec_unet", base_width=8, context_slices=0, spacing_mm=6.0, crop=None,
+                      batch_size=16, optimizer="adam", lr=3e-3, schedule="cosine", warmup_epochs=1, epochs=20,
+                      steps_per_epoch=40, loss="bce_dice", augment=True, window_hu=(-200.0, 250.0),
+                      labels=["liver"], tumor_fraction=0.2, background_fraction=0.3, calibrate_thresholds=False),
     # The demo: a small network on small phantoms, about three minutes on 2 CPU cores.
     "demo": dict(architecture="rec_unet", base_width=12, context_slices=1, spacing_mm=2.5, crop=64, batch_size=8,
                  optimizer="adam", lr=3e-3, schedule="cosine", warmup_epochs=1, epochs=16, steps_per_epoch=50,

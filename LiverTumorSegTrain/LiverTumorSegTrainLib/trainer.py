@@ -91,8 +91,13 @@ def split_cases(case_ids: list[str], cfg: TrainConfig) -> tuple[list[str], list[
 
 
 def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
-             thresholds: tuple[float, ...] | None = None) -> dict[str, Any]:
-    """Per-case 3-D Dice per label through the real pipeline on whole volumes (LiTS: empty/empty = 1)."""
+             thresholds: tuple[float, ...] | None = None,
+             lesion_values: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Per-case 3-D Dice per label through the real pipeline on whole volumes (LiTS: empty/empty = 1).
+
+    An organ includes the lesions in it; ``lesion_values`` are the reference's lesion values when the
+    model has no lesion label of its own (a liver-only localiser trained on liver+tumour data).
+    """
     import SimpleITK as sitk
 
     from LiverTumorSegLib.pipeline import segment
@@ -102,9 +107,10 @@ def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], dev
         labels = segment(ct, model, device=device, thresholds=thresholds)  # keep alive: the arrays are views
         pred, truth = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ref)
         scores = {}
+        lesions = lesion_values if lesion_values is not None else \
+            tuple(s.value for s in model.config.labels if s.role == "lesion")
         for spec in model.config.labels:
-            values = [spec.value] + ([s.value for s in model.config.labels if s.role == "lesion"]
-                                     if spec.role == "organ" else [])
+            values = [spec.value] + (list(lesions) if spec.role == "organ" else [])
             scores[spec.name.lower()] = overlap(np.isin(pred, values), np.isin(truth, values))["dice"]
         per_case[case_id] = scores
     names = [s.name.lower() for s in model.config.labels]
@@ -113,7 +119,8 @@ def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], dev
 
 
 def calibrate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
-                         baseline: dict[str, Any], candidates: tuple[float, ...] = (0.4, 0.3, 0.2)) -> dict[str, Any]:
+                         baseline: dict[str, Any], candidates: tuple[float, ...] = (0.4, 0.3, 0.2),
+                         lesion_values: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Each lesion label's threshold maximising its mean validation Dice (lesion probabilities of small
     networks are often under-confident at the edges); organ thresholds stay at the model's values."""
     thresholds = list(model.config.thresholds)
@@ -125,7 +132,7 @@ def calibrate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any
         for t in candidates:
             trial = list(thresholds)
             trial[i] = t
-            result = validate(model, val_data, device, tuple(trial))
+            result = validate(model, val_data, device, tuple(trial), lesion_values)
             if result["dice"][name] > best["dice"][name] + 1e-4:
                 thresholds, best = trial, result
     model.config.thresholds = tuple(thresholds)
@@ -169,8 +176,16 @@ class Trainer:
         if len(set(ids)) != len(ids):
             raise LiverTumorSegError("case ids repeat across the datasets; give each dataset distinct case names")
         train_ids, val_ids = split_cases(ids, cfg)
-        specs = label_specs(label_names)
-        lesion_values = tuple(s.value for s in specs if s.role == "lesion")
+        data_specs = label_specs(label_names)
+        lesion_values = tuple(s.value for s in data_specs if s.role == "lesion")
+        specs = data_specs
+        if cfg.labels:
+            wanted = {n.lower() for n in cfg.labels}
+            specs = tuple(s for s in data_specs if s.name.lower() in wanted)
+            if len(specs) != len(wanted):
+                raise LiverTumorSegError(f"--labels {','.join(cfg.labels)}: the data's labels are "
+                                         f"{', '.join(label_names)}")
+        self.lesion_values = lesion_values
         by_id = {c.case_id: c for c in labelled}
         pseudo = [c for root in cfg.pseudo for c in find_cases(root, kind="auto")]
         # rank 0 preprocesses first; the others then open the same cache
@@ -286,7 +301,7 @@ class Trainer:
                 last = epoch + 1 == cfg.epochs
                 if val_data and ((epoch + 1) % max(1, cfg.val_every) == 0 or last):
                     t1 = time.perf_counter()
-                    result = validate(model, val_data, str(device))
+                    result = validate(model, val_data, str(device), lesion_values=self.lesion_values)
                     record.update({f"val_dice_{k}": v for k, v in result["dice"].items()})
                     record["val_score"] = result["score"]
                     record["val_per_case"] = result["per_case"]
@@ -316,8 +331,8 @@ class Trainer:
         from LiverTumorSegLib.modelfile import load_model
 
         model = load_model(self.out / MODEL)
-        baseline = validate(model, val_data, device)
-        result = calibrate_thresholds(model, val_data, device, baseline)
+        baseline = validate(model, val_data, device, lesion_values=self.lesion_values)
+        result = calibrate_thresholds(model, val_data, device, baseline, lesion_values=self.lesion_values)
         if model.config.thresholds != load_model(self.out / MODEL).config.thresholds:
             model.config.metrics.update({f"val_dice_{k}": v for k, v in result["dice"].items()},
                                         val_score=result["score"], val_per_case=result["per_case"],
@@ -332,7 +347,8 @@ class Trainer:
         from LiverTumorSegLib.inference import normalize_hu
 
         cfg = self.cfg
-        hu, y, w = build_batch(cases, batch, specs, cfg.context_slices, cfg.crop, multiple, epoch, cfg.seed)
+        hu, y, w = build_batch(cases, batch, specs, cfg.context_slices, cfg.crop, multiple, epoch, cfg.seed,
+                               self.lesion_values)
         x = normalize_hu(hu, net_cfg.window_hu)
         if cfg.augment:
             x, y = augment(x, y, [(cfg.seed, epoch, s.index) for s in batch])
