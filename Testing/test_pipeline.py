@@ -251,6 +251,7 @@ def test_coarse_to_fine_runs_the_fine_model_only_around_the_liver_and_gives_the_
                              lesion_diameters_mm=(12.0, 18.0), liver_slice_fraction=(0.3, 0.7))
     image = encode_labels(ct, truth)
     fine = oracle_model(spacing_yx_mm=(2.0, 2.0))
+    fine.config.localizer_crop_inplane = True  # the pixel-wise oracle gives the same answer on any crop
     shapes = []
     fine.network.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
     slow = run_segmentation(image, fine, device="cpu")
@@ -268,6 +269,11 @@ def test_coarse_to_fine_runs_the_fine_model_only_around_the_liver_and_gives_the_
     assert max(s[-1] for s in shapes) < full_width and sum(s[0] for s in shapes) == np.diff(region["slices"])[0]
     assert calls[-1][0] == calls[-1][1] and all(a <= b for a, b in calls)
     assert "localize" in fast.seconds
+    fine.config.localizer_crop_inplane = False  # the default: slice range only, whole slices
+    shapes.clear()
+    whole = run_segmentation(image, attach_localizer(fine, _localizer()), device="cpu")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(whole.labels), sitk.GetArrayFromImage(slow.labels))
+    assert whole.plan.region["box_yx"] is None and max(s[-1] for s in shapes) == full_width
 
 
 def test_a_localiser_that_finds_nothing_falls_back_to_the_whole_volume(small_phantom):

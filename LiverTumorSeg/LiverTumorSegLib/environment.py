@@ -48,6 +48,40 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
+def physical_cores() -> int:
+    """Physical cores available to this process: hyper-threads only add contention to dense convolutions."""
+    import os
+
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        cores, block = set(), {}
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in list(f) + [""]:
+                if not line.strip():
+                    if "core id" in block:
+                        cores.add((block.get("physical id"), block["core id"]))
+                    block = {}
+                elif ":" in line:
+                    key, value = line.split(":", 1)
+                    block[key.strip()] = value.strip()
+        if cores:
+            return max(1, min(logical, len(cores)))
+    except OSError:
+        pass
+    return max(1, logical)
+
+
+def configure_threads() -> int:
+    """Use one torch thread per physical core unless the user chose (OMP_NUM_THREADS or torch.set_num_threads)."""
+    import os
+
+    import torch
+
+    if not os.environ.get("OMP_NUM_THREADS") and torch.get_num_threads() > physical_cores():
+        torch.set_num_threads(physical_cores())
+    return torch.get_num_threads()
+
+
 def environment_info() -> dict[str, Any]:
     """Versions and devices, as ``livertumorseg info`` prints them."""
     import numpy
@@ -65,6 +99,7 @@ def environment_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "SimpleITK": SimpleITK.Version_VersionString(),
         "cpu_threads": torch.get_num_threads(),
+        "physical_cores": physical_cores(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16": cpu_supports_bf16(),
         "cuda_available": torch.cuda.is_available(),

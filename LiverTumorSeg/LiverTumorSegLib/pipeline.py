@@ -56,7 +56,7 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
     """Segment a CT volume; see ``segment``. Also returns the plan that ran and stage timings."""
     import SimpleITK as sitk
 
-    from .environment import resolve_device
+    from .environment import configure_threads, resolve_device
 
     if region is not None:
         return _segment_region(image, region, model, device=device, batch_size=batch_size, precision=precision,
@@ -66,6 +66,8 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
     t0 = time.perf_counter()
     validate_ct(image, allow_non_ct=allow_non_ct, modality=modality)
     torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        configure_threads()
     if not isinstance(model, SegmentationModel):
         model = load_model(model)
     cfg = model.config
@@ -94,8 +96,9 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
         return None if progress is None else progress(done_before + done, done_before + total)
 
     plan = predict_bits(model, volume, out_canonical, plan, thresholds, fine_progress, z_range, box)
-    plan.region = None if z_range is None else {"slices": list(z_range), "box_yx": [[box[0].start, box[0].stop],
-                                                                                     [box[1].start, box[1].stop]]}
+    plan.region = None if z_range is None else {
+        "slices": list(z_range), "box_yx": None if box is None else [[box[0].start, box[0].stop],
+                                                                    [box[1].start, box[1].stop]]}
     seconds["inference"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -159,7 +162,8 @@ def locate(model: SegmentationModel, volume: np.ndarray, spacing_zyx: tuple[floa
     my, mx = margin * hm / (h * spacing_zyx[1]), margin * wm / (w * spacing_zyx[2])
     y0, y1 = max(0, math.floor(yy[0] * hm / hl - my)), min(hm, math.ceil((yy[-1] + 1) * hm / hl + my))
     x0, x1 = max(0, math.floor(xx[0] * wm / wl - mx)), min(wm, math.ceil((xx[-1] + 1) * wm / wl + mx))
-    return Located((z0, z1), (slice(y0, y1), slice(x0, x1)), len(zs))
+    box = (slice(y0, y1), slice(x0, x1)) if model.config.localizer_crop_inplane else None
+    return Located((z0, z1), box, len(zs))
 
 
 def _keep_only(out: np.ndarray, labels: Sequence[LabelSpec], keep: Sequence[str]) -> None:
