@@ -155,3 +155,18 @@ def test_a_liver_localiser_trains_and_attaches_as_the_coarse_stage(phantom_data,
 
     result = run_segmentation(ct, model, device="cpu")  # runs both stages (untrained: any region is fine)
     assert result.labels.GetSize() == ct.GetSize() and "localize" in result.seconds
+
+
+def test_crossval_trains_every_fold_and_scores_each_patient_once(phantom_data, tmp_path):
+    out = tmp_path / "cv"
+    args = ["crossval", str(phantom_data), "-o", str(out), "--folds", "4", "--width", "4", "--spacing", "3.0",
+            "--crop", "32", "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu",
+            "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    val = [load_model(out / f"fold{k}" / MODEL).config.provenance["val_cases"] for k in range(4)]
+    assert sorted(sum(val, [])) == sorted(f"p{i}" for i in range(8))  # every patient validated exactly once
+    rows = (out / "crossval.csv").read_text(encoding="utf-8").splitlines()
+    assert len({r.split(",")[0] for r in rows[1:]}) == 8 and (out / "crossval.md").exists()
+    before = (out / "fold0" / CHECKPOINT).stat().st_mtime_ns
+    assert main(args) == 0  # rerunning continues: finished folds are not trained again
+    assert (out / "fold0" / CHECKPOINT).stat().st_mtime_ns == before

@@ -176,8 +176,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_pseudo_label)
 
-    from . import demo, evaluate, export
+    from . import crossval, demo, evaluate, export
 
+    crossval.add_parser(sub)
     evaluate.add_parser(sub)
     export.add_parser(sub)
     demo.add_parser(sub)
