@@ -141,15 +141,19 @@ def test_a_liver_localiser_trains_and_attaches_as_the_coarse_stage(phantom_data,
     loc_run = tmp_path / "loc"
     assert main(["train", str(phantom_data), "-o", str(loc_run), "--preset", "localizer", "--width", "4",
                  "--epochs", "2", "--steps-per-epoch", "4", "--val-cases", "p7", "--device", "cpu", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+                 "--cache-dir", str(tmp_path / "cache"), "--description", "phantoms only"]) == 0
     localizer = load_model(loc_run / MODEL)
     assert [lab.name for lab in localizer.config.labels] == ["Liver"] and localizer.config.spacing_yx_mm == (6.0, 6.0)
+    assert localizer.config.description == "phantoms only"
     assert "val_dice_liver" in localizer.config.metrics  # validated against liver ∪ tumour
     fine = train(tiny(phantom_data, tmp_path / "fine", epochs=1), progress=False)
     both = tmp_path / "both.pt"
-    assert main(["attach-localizer", str(fine.model_path), str(loc_run / MODEL), "-o", str(both)]) == 0
+    assert main(["attach-localizer", str(fine.model_path), str(loc_run / MODEL), "-o", str(both), "--name",
+                 "Shipped", "--description", "non-commercial data"]) == 0
     model = load_model(both)
     assert model.localizer is not None and model.localizer.config.labels[0].name == "Liver"
+    assert (model.config.name, model.config.description) == ("Shipped", "non-commercial data")
+    assert model.config.provenance == load_model(fine.model_path).config.provenance  # the split and recipe stay
     ct, _ = find_cases(phantom_data)[0].load()
     from LiverTumorSegLib.pipeline import run_segmentation
 

@@ -7,6 +7,7 @@ the exit code is non-zero if any failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -29,11 +30,15 @@ def _error(message: str) -> None:
 
 
 def default_model_path() -> Path | None:
-    """The model used when ``--model`` is not given: ``$LIVERTUMORSEG_MODEL``, else the shipped default."""
+    """The model used when ``--model`` is not given: ``$LIVERTUMORSEG_MODEL``, else the catalogue's default model
+    (shipped in ``Resources/Models``, so a fresh clone works offline, or installed in the models folder)."""
+    from .catalog import DEFAULT_CATALOG, MODELS_DIR_ENV, default_model, default_models_dir, load_catalog
+
     if os.environ.get(MODEL_ENV):
         return Path(os.environ[MODEL_ENV])
-    shipped = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "liver_tumor_default.pt"
-    return shipped if shipped.exists() else None
+    if not DEFAULT_CATALOG.is_file():  # installed without the extension's Resources (a non-editable pip install)
+        return None
+    return default_model(load_catalog(), os.environ.get(MODELS_DIR_ENV, "").strip() or default_models_dir())
 
 
 def output_paths(outdir: Path, case_id: str) -> dict[str, Path]:
@@ -165,6 +170,9 @@ def cmd_attach_localizer(args: argparse.Namespace) -> int:
         names = ", ".join(lab.name for lab in localizer.config.labels)
         raise LiverTumorSegError(f"{args.localizer} has no organ label ({names}); train a liver localiser "
                                  f"(livertumorseg train --preset localizer)")
+    if args.name or args.description:  # what users see in the model selector and the reports
+        model.config = dataclasses.replace(model.config, name=args.name or model.config.name,
+                                           description=args.description or model.config.description)
     path = save_model(attach_localizer(model, localizer), args.output, overwrite=args.overwrite)
     print(f"wrote {path}: {model.config.name} with localiser {localizer.config.name} "
           f"({localizer.config.spacing_yx_mm or 'native'} mm)")
@@ -252,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("model", metavar="MODEL.pt")
     a.add_argument("localizer", metavar="LOCALIZER.pt")
     a.add_argument("-o", "--output", required=True, metavar="OUT.pt")
+    a.add_argument("--name", default=None, help="model name shown to users (default: MODEL's)")
+    a.add_argument("--description", default=None, help="one paragraph shown to users: data, licence, limits")
     a.add_argument("--overwrite", action="store_true")
     a.set_defaults(func=cmd_attach_localizer)
 

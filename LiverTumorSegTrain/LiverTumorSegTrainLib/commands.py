@@ -58,6 +58,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="in-plane model spacing in mm, or 'native'")
     m.add_argument("--window", dest="window_hu", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     m.add_argument("--name", default=None, help="model name shown to users")
+    m.add_argument("--description", default=None, help="one paragraph shown to users: data, licence, limits")
     o = p.add_argument_group("optimisation")
     o.add_argument("--crop", type=_crop, default=argparse.SUPPRESS, help="training crop size, or 'none'")
     o.add_argument("--epochs", type=int, default=None)

@@ -68,6 +68,8 @@ class TrainConfig:
     calibrate_thresholds: bool = True
     cache_dir: str | None = None
     name: str = "LiverTumorSeg model"
+    #: one paragraph stored in the model file and shown to users: data, licence, intended use, limits
+    description: str = ""
     preset: str = "fast-cpu"
 
     def __post_init__(self) -> None:

@@ -231,6 +231,7 @@ class Trainer:
                                  "base_width": cfg.base_width},
             labels=specs, window_hu=cfg.window_hu, context_slices=cfg.context_slices,
             spacing_yx_mm=None if cfg.spacing_mm is None else (cfg.spacing_mm, cfg.spacing_mm), name=cfg.name,
+            description=cfg.description,
             provenance={"trainer": "LiverTumorSeg", "config": cfg.to_dict(), "train_cases": train_ids,
                         "val_cases": val_ids})
         net = build_model(model_cfg.architecture, **model_cfg.architecture_kwargs).to(device)
