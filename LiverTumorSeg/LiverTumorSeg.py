@@ -489,14 +489,16 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
 
     def availableModels(self) -> list:
         """``catalog.available_models``; when PyTorch is not installed yet, files are listed unchecked."""
-        from LiverTumorSegLib.catalog import AvailableModel, available_models, load_catalog
+        from LiverTumorSegLib.catalog import BUNDLED_DIR, AvailableModel, available_models, load_catalog
 
         catalog, folder = load_catalog(), self.modelsFolder()
         if importlib.util.find_spec("torch") is not None:
             return available_models(catalog, folder)
         files = {p.name: p for p in folder.glob("*.pt") if p.is_file() and not p.name.startswith(".")}
-        models = [AvailableModel(folder / e.file, e, installed=e.file in files, usable=e.file in files)
-                  for e in catalog]
+        bundled = {e.file: BUNDLED_DIR / e.file for e in catalog if (BUNDLED_DIR / e.file).is_file()}
+        have = set(files) | set(bundled)
+        models = [AvailableModel(bundled.get(e.file, folder / e.file), e, installed=e.file in have,
+                                 usable=e.file in have) for e in catalog]
         catalogued = {e.file for e in catalog}
         models += [AvailableModel(p, None, installed=True, usable=True) for n, p in sorted(files.items())
                    if n not in catalogued]

@@ -67,10 +67,11 @@ class _Exploit:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_the_shipped_catalogue_parses_and_is_empty_until_a_model_ships():
+def test_the_shipped_catalogue_parses_and_names_one_default_model():
     assert DEFAULT_CATALOG == Path(__file__).resolve().parents[1] / "LiverTumorSeg" / "Resources" / "models.json"
-    assert load_catalog() == []
-    assert json.loads(DEFAULT_CATALOG.read_text(encoding="utf-8")) == {"schema_version": 1, "models": []}
+    entries = load_catalog()
+    assert json.loads(DEFAULT_CATALOG.read_text(encoding="utf-8"))["schema_version"] == 1
+    assert [e.default for e in entries].count(True) == 1  # the shipped files themselves: test_shipped_model.py
 
 
 def test_a_complete_entry_is_read_with_its_types(tmp_path):
@@ -231,6 +232,25 @@ def test_default_model_is_the_installed_default_entry(tmp_path):
     assert default_model(entries, folder) == folder / "tiny_v1.pt"
     assert default_model([dataclasses.replace(entries[0], default=False)], folder) is None
     assert default_model([], folder) is None
+
+
+def test_catalogue_models_that_ship_with_the_extension_are_installed_without_a_download(tmp_path):
+    entries = load_catalog(write_catalog(tmp_path / "models.json", ENTRY, dict(
+        ENTRY, id="downloaded", file="other.pt", default=False)))
+    bundled, folder = tmp_path / "Resources" / "Models", tmp_path / "user-models"
+    bundled.mkdir(parents=True)
+    folder.mkdir()
+    assert default_model(entries, folder, bundled=bundled) is None
+    tiny_model_file(bundled / "tiny_v1.pt", name="shipped")
+    tiny_model_file(folder / "other.pt", name="downloaded")
+    assert default_model(entries, folder, bundled=bundled) == bundled / "tiny_v1.pt"
+    shipped, downloaded = available_models(entries, folder, bundled=bundled)
+    assert shipped.installed and shipped.usable and shipped.path == bundled / "tiny_v1.pt"
+    assert shipped.config.name == "shipped"
+    assert downloaded.installed and downloaded.path == folder / "other.pt"
+    # a stray copy of the shipped file in the user's folder does not list the model twice
+    tiny_model_file(folder / "tiny_v1.pt", name="copy")
+    assert [m.id for m in available_models(entries, folder, bundled=bundled)] == ["tiny_liver_tumor", "downloaded"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ if TYPE_CHECKING:  # only for annotations: importing modelfile's helpers stays l
 SCHEMA_VERSION = 1
 MODELS_DIR_ENV = "LIVERTUMORSEG_MODELS_DIR"
 DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "Resources" / "models.json"
+#: model files that ship inside the extension (read-only, already checked): usable offline with no download
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 
 _FIELDS = ("id", "version", "title", "description", "file", "url", "sha256", "labels", "input_spacing_mm",
            "context_slices", "seconds_cpu", "seconds_gpu", "hardware", "licence", "default")
@@ -304,9 +306,11 @@ def read_model_config(path: str | os.PathLike) -> "ModelConfig":
     return load_model(path).config  # raises ModelFileError with the reason, or succeeds on a legacy-format file
 
 
-def available_models(catalog: Sequence[CatalogEntry], folder: str | os.PathLike) -> list[AvailableModel]:
-    """What the model selector offers: every catalogue entry (``installed`` when its file is in ``folder``),
-    then every other ``*.pt`` in ``folder`` (imported or trained files), unusable ones included with their reason.
+def available_models(catalog: Sequence[CatalogEntry], folder: str | os.PathLike,
+                     bundled: str | os.PathLike | None = BUNDLED_DIR) -> list[AvailableModel]:
+    """What the model selector offers: every catalogue entry (``installed`` when its file is in ``folder`` or
+    ships in ``bundled``), then every other ``*.pt`` in ``folder`` (imported or trained files), unusable ones
+    included with their reason.
 
     Hidden files are skipped: they are ``atomic_path`` temporaries of a copy or download still under way.
     """
@@ -315,12 +319,22 @@ def available_models(catalog: Sequence[CatalogEntry], folder: str | os.PathLike)
         if folder.is_dir() else {}
     result = []
     for entry in catalog:
-        path = folder / entry.file
-        result.append(_describe(path, entry) if entry.file in present else AvailableModel(path, entry))
+        path = _installed_file(entry, folder, bundled)
+        result.append(_describe(path, entry) if path is not None else AvailableModel(folder / entry.file, entry))
     catalogued = {e.file for e in catalog}
     for name in sorted(set(present) - catalogued, key=str.lower):
         result.append(_describe(present[name], None))
     return result
+
+
+def _installed_file(entry: CatalogEntry, folder: Path, bundled: str | os.PathLike | None) -> Path | None:
+    """Where a catalogue model's file is: shipped with the extension first (a user cannot have a newer copy
+    under the same name: a new version gets a new file name), then the models folder."""
+    for where in ([Path(bundled)] if bundled is not None else []) + [Path(folder)]:
+        path = where / entry.file
+        if path.is_file() and not path.name.startswith("."):
+            return path
+    return None
 
 
 def _describe(path: Path, entry: CatalogEntry | None) -> AvailableModel:
@@ -331,13 +345,13 @@ def _describe(path: Path, entry: CatalogEntry | None) -> AvailableModel:
     return AvailableModel(path, entry, installed=True, usable=True, config=config)
 
 
-def default_model(catalog: Sequence[CatalogEntry], folder: str | os.PathLike) -> Path | None:
-    """The file of the catalogue's default model if it is installed in ``folder``; None otherwise (the caller
-    then asks the user to pick or import a model rather than silently using another one)."""
+def default_model(catalog: Sequence[CatalogEntry], folder: str | os.PathLike,
+                  bundled: str | os.PathLike | None = BUNDLED_DIR) -> Path | None:
+    """The file of the catalogue's default model if it ships with the extension or is installed in ``folder``;
+    None otherwise (the caller then asks the user to pick or import a model rather than silently using another)."""
     for entry in catalog:
         if entry.default:
-            path = Path(folder) / entry.file
-            return path if path.is_file() else None
+            return _installed_file(entry, Path(folder), bundled)
     return None
 
 
