@@ -16,13 +16,13 @@ Two networks, neither trained (this measures the pipeline, not a model):
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import SimpleITK as sitk
 import torch
+from rss import peak_mib, reset_peak
 from torch import nn
 
 from LiverTumorSegLib.atomicfile import write_image_atomic
@@ -45,25 +45,6 @@ class IntensityBands(nn.Module):
     def forward(self, x):
         score = 40 * (self.half_width - (x[:, x.shape[1] // 2:][:, :1] - self.centre).abs()) / self.half_width
         return nn.functional.avg_pool2d(score, 5, stride=1, padding=2)
-
-
-def peak_mib() -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def stage(name: str, fn, rows: list):

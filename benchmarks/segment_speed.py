@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from rss import peak_mib, reset_peak
 
 from LiverTumorSegLib.atomicfile import write_image_atomic
 from LiverTumorSegLib.environment import environment_info
@@ -35,26 +36,6 @@ from LiverTumorSegLib.modelfile import attach_localizer, load_model, save_model
 from LiverTumorSegLib.models import build_model
 from LiverTumorSegLib.phantom import make_phantom
 from LiverTumorSegLib.pipeline import run_segmentation
-
-
-def peak_mib() -> float:
-    import resource
-
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
