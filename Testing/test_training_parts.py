@@ -178,3 +178,22 @@ def test_threshold_calibration_finds_the_under_confident_lesion_threshold(small_
     result = calibrate_thresholds(model, val, "cpu", baseline)
     assert model.config.thresholds == (0.5, 0.3)
     assert result["dice"] == {"liver": 1.0, "tumor": 1.0}
+
+
+def test_threshold_calibration_also_raises_an_over_confident_lesion_threshold(small_phantom):
+    from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel
+    from LiverTumorSegTrainLib.trainer import calibrate_thresholds, validate
+
+    from conftest import OracleNet, encode_labels
+
+    ct, truth = small_phantom
+    # liver voxels (0.5 after windowing) get tumour probability sigmoid(200 * (0.5 - 0.4945)) = 0.75
+    net = OracleNet(levels=(0.25, 0.4945))
+    cfg = ModelConfig("test_oracle", {"levels": (0.25, 0.4945)}, (LIVER, TUMOR), min_lesion_mm3=0.0)
+    model = SegmentationModel(net, cfg)
+    val = [("a", encode_labels(ct, truth), truth)]
+    baseline = validate(model, val, "cpu")
+    assert baseline["dice"]["tumor"] < 0.5
+    result = calibrate_thresholds(model, val, "cpu", baseline)
+    assert model.config.thresholds == (0.5, 0.8)
+    assert result["dice"] == {"liver": 1.0, "tumor": 1.0}

@@ -119,10 +119,13 @@ def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], dev
 
 
 def calibrate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
-                         baseline: dict[str, Any], candidates: tuple[float, ...] = (0.4, 0.3, 0.2),
+                         baseline: dict[str, Any],
+                         candidates: tuple[float, ...] = (0.4, 0.3, 0.2, 0.6, 0.7, 0.8, 0.9),
                          lesion_values: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Each lesion label's threshold maximising its mean validation Dice (lesion probabilities of small
-    networks are often under-confident at the edges); organ thresholds stay at the model's values."""
+    """Each lesion label's threshold maximising its mean validation Dice; organ thresholds stay at the
+    model's values. Both directions are tried: small networks can be under-confident at lesion edges, and
+    tumour oversampling makes them over-confident (the fast IRCADb model predicts 2-7x the tumour volume at
+    0.5). Ties keep the earlier candidate, so 0.5 stays unless another threshold is strictly better."""
     thresholds = list(model.config.thresholds)
     best = baseline
     for i, spec in enumerate(model.config.labels):
