@@ -161,39 +161,33 @@ def test_cache_is_built_once_and_invalidated_by_settings_and_edits(tmp_path):
     assert math.isclose(cached.spacing_zyx[1], 1.5 * 48 / 36)
 
 
-def test_threshold_calibration_finds_the_under_confident_lesion_threshold(small_phantom):
+def _calibrate_oracle(small_phantom, tumour_level: float):
+    """An oracle whose tumour channel ramps around ``tumour_level``: (model, uncalibrated, calibrated result)."""
     from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel
     from LiverTumorSegTrainLib.trainer import calibrate_thresholds, validate
 
     from conftest import OracleNet, encode_labels
 
     ct, truth = small_phantom
-    # tumour voxels (0.9 after windowing) get probability sigmoid(200 * (0.9 - 0.9031)) = 0.35 only
-    net = OracleNet(levels=(0.25, 0.9031))
-    cfg = ModelConfig("test_oracle", {"levels": (0.25, 0.9031)}, (LIVER, TUMOR), min_lesion_mm3=0.0)
-    model = SegmentationModel(net, cfg)
+    levels = (0.25, tumour_level)
+    model = SegmentationModel(OracleNet(levels=levels), ModelConfig("test_oracle", {"levels": levels}, (LIVER, TUMOR),
+                                                                    min_lesion_mm3=0.0))
     val = [("a", encode_labels(ct, truth), truth)]
     baseline = validate(model, val, "cpu")
+    return model, baseline, calibrate_thresholds(model, val, "cpu", baseline)
+
+
+def test_threshold_calibration_finds_the_under_confident_lesion_threshold(small_phantom):
+    # tumour voxels (0.9 after windowing) get probability sigmoid(200 * (0.9 - 0.9031)) = 0.35 only
+    model, baseline, result = _calibrate_oracle(small_phantom, 0.9031)
     assert baseline["dice"]["tumor"] == 0.0 and baseline["dice"]["liver"] == 1.0
-    result = calibrate_thresholds(model, val, "cpu", baseline)
     assert model.config.thresholds == (0.5, 0.3)
     assert result["dice"] == {"liver": 1.0, "tumor": 1.0}
 
 
 def test_threshold_calibration_also_raises_an_over_confident_lesion_threshold(small_phantom):
-    from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel
-    from LiverTumorSegTrainLib.trainer import calibrate_thresholds, validate
-
-    from conftest import OracleNet, encode_labels
-
-    ct, truth = small_phantom
     # liver voxels (0.5 after windowing) get tumour probability sigmoid(200 * (0.5 - 0.4945)) = 0.75
-    net = OracleNet(levels=(0.25, 0.4945))
-    cfg = ModelConfig("test_oracle", {"levels": (0.25, 0.4945)}, (LIVER, TUMOR), min_lesion_mm3=0.0)
-    model = SegmentationModel(net, cfg)
-    val = [("a", encode_labels(ct, truth), truth)]
-    baseline = validate(model, val, "cpu")
+    model, baseline, result = _calibrate_oracle(small_phantom, 0.4945)
     assert baseline["dice"]["tumor"] < 0.5
-    result = calibrate_thresholds(model, val, "cpu", baseline)
     assert model.config.thresholds == (0.5, 0.8)
     assert result["dice"] == {"liver": 1.0, "tumor": 1.0}
