@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicer_api import imported_at_import_time
+from slicer_api import class_def, imported_at_import_time, methods
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "LiverTumorSeg"
@@ -42,16 +42,6 @@ from SegmentEditorLiverTumorAILib import runner, segments  # noqa: E402
 
 def parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"))
-
-
-def class_def(tree: ast.Module, name: str) -> ast.ClassDef:
-    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
-    assert found, f"class {name} not found"
-    return found[0]
-
-
-def methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
-    return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
 
 
 def dotted(node: ast.AST) -> str:
