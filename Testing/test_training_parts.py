@@ -191,3 +191,30 @@ def test_threshold_calibration_also_raises_an_over_confident_lesion_threshold(sm
     assert baseline["dice"]["tumor"] < 0.5
     assert model.config.thresholds == (0.5, 0.8)
     assert result["dice"] == {"liver": 1.0, "tumor": 1.0}
+
+
+def test_epoch_selection_scores_lesions_globally_so_predicting_no_tumour_cannot_win(small_phantom):
+    """Two of three validation cases are tumour-free: per-case tumour Dice gives a model that predicts no
+    tumour 2/3 and a model that finds the tumour (and the same bright spots in the tumour-free cases) 1/3;
+    the selection score must still prefer the one that finds tumours."""
+    from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel
+    from LiverTumorSegTrainLib.trainer import validate
+
+    from conftest import OracleNet, encode_labels
+
+    ct, truth = small_phantom
+    no_tumour = sitk.Cast(sitk.Clamp(truth, upperBound=1), truth.GetPixelID())  # tumour counted as liver
+    encoded = encode_labels(ct, truth)
+    val = [("a", encoded, truth), ("b", encoded, no_tumour), ("c", encoded, no_tumour)]
+
+    def score(tumour_level: float) -> dict:
+        levels = (0.25, tumour_level)
+        model = SegmentationModel(OracleNet(levels=levels),
+                                  ModelConfig("test_oracle", {"levels": levels}, (LIVER, TUMOR), min_lesion_mm3=0.0))
+        return validate(model, val, "cpu")
+
+    finds, blind = score(0.7), score(0.95)
+    assert finds["dice"]["tumor"] == pytest.approx(1 / 3) and blind["dice"]["tumor"] == pytest.approx(2 / 3)
+    assert finds["global_dice"]["tumor"] == pytest.approx(0.5) and blind["global_dice"]["tumor"] == 0.0
+    assert finds["dice"]["liver"] == blind["dice"]["liver"] == 1.0
+    assert finds["score"] == pytest.approx(0.75) and blind["score"] == pytest.approx(0.5)

@@ -1,8 +1,11 @@
 """The training loop: patient-level splits, seeded sampling, AMP/DDP, exact resume, pipeline validation.
 
-The best model is chosen by per-case 3-D Dice computed by running the real inference pipeline on
-whole validation volumes: the number a user will get, not a per-slice proxy (the REC-UNet authors
-selected checkpoints on per-slice scores of a slice-level split that shared patients with training).
+The best model is chosen by 3-D Dice computed by running the real inference pipeline on whole
+validation volumes: the number a user will get, not a per-slice proxy (the REC-UNet authors selected
+checkpoints on per-slice scores of a slice-level split that shared patients with training). Lesions are
+scored by global Dice (voxels pooled over the validation cases): per-case lesion Dice scores a lesion-free
+case 1 when nothing is predicted, so an early model that predicts no tumour at all used to win on folds
+with lesion-free patients.
 """
 
 from __future__ import annotations
@@ -93,39 +96,47 @@ def split_cases(case_ids: list[str], cfg: TrainConfig) -> tuple[list[str], list[
 def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
              thresholds: tuple[float, ...] | None = None,
              lesion_values: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Per-case 3-D Dice per label through the real pipeline on whole volumes (LiTS: empty/empty = 1).
+    """3-D Dice per label through the real pipeline on whole volumes: per case (LiTS: empty/empty = 1)
+    in ``dice``, pooled over cases in ``global_dice``.
 
-    An organ includes the lesions in it; ``lesion_values`` are the reference's lesion values when the
-    model has no lesion label of its own (a liver-only localiser trained on liver+tumour data).
+    ``score`` (what selects the best epoch) averages the organs' per-case Dice and the lesions' global
+    Dice. An organ includes the lesions in it; ``lesion_values`` are the reference's lesion values when
+    the model has no lesion label of its own (a liver-only localiser trained on liver+tumour data).
     """
     import SimpleITK as sitk
 
     from LiverTumorSegLib.pipeline import segment
 
+    names = [s.name.lower() for s in model.config.labels]
+    lesions = lesion_values if lesion_values is not None else \
+        tuple(s.value for s in model.config.labels if s.role == "lesion")
     per_case = {}
+    pooled = {n: np.zeros(2, dtype=np.int64) for n in names}  # |P∩G|, |P|+|G|
     for case_id, ct, ref in val_data:
         labels = segment(ct, model, device=device, thresholds=thresholds)  # keep alive: the arrays are views
         pred, truth = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ref)
         scores = {}
-        lesions = lesion_values if lesion_values is not None else \
-            tuple(s.value for s in model.config.labels if s.role == "lesion")
-        for spec in model.config.labels:
+        for spec, name in zip(model.config.labels, names):
             values = [spec.value] + (list(lesions) if spec.role == "organ" else [])
-            scores[spec.name.lower()] = overlap(np.isin(pred, values), np.isin(truth, values))["dice"]
+            o = overlap(np.isin(pred, values), np.isin(truth, values))
+            scores[name] = o["dice"]
+            pooled[name] += (o["tp"], o["n_pred"] + o["n_ref"])
         per_case[case_id] = scores
-    names = [s.name.lower() for s in model.config.labels]
     mean = {n: float(np.mean([c[n] for c in per_case.values()])) for n in names}
-    return {"per_case": per_case, "dice": mean, "score": float(np.mean(list(mean.values())))}
+    global_dice = {n: float(2 * tp / total) if total else 1.0 for n, (tp, total) in pooled.items()}
+    selection = [global_dice[n] if s.role == "lesion" else mean[n] for s, n in zip(model.config.labels, names)]
+    return {"per_case": per_case, "dice": mean, "global_dice": global_dice, "score": float(np.mean(selection))}
 
 
 def calibrate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
                          baseline: dict[str, Any],
                          candidates: tuple[float, ...] = (0.4, 0.3, 0.2, 0.6, 0.7, 0.8, 0.9),
                          lesion_values: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Each lesion label's threshold maximising its mean validation Dice; organ thresholds stay at the
-    model's values. Both directions are tried: small networks can be under-confident at lesion edges, and
-    tumour oversampling makes them over-confident (the fast IRCADb model predicts 2-7x the tumour volume at
-    0.5). Ties keep the earlier candidate, so 0.5 stays unless another threshold is strictly better."""
+    """Each lesion label's threshold maximising its global validation Dice (as epoch selection does: per-case
+    Dice would favour thresholds that erase every lesion when lesion-free cases are in the set); organ
+    thresholds stay at the model's values. Both directions are tried: small networks can be under-confident
+    at lesion edges, and tumour oversampling makes them over-confident (the fast IRCADb model predicts 2-7x
+    the tumour volume at 0.5). Ties keep the earlier candidate, so 0.5 stays unless another is strictly better."""
     thresholds = list(model.config.thresholds)
     best = baseline
     for i, spec in enumerate(model.config.labels):
@@ -136,7 +147,7 @@ def calibrate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any
             trial = list(thresholds)
             trial[i] = t
             result = validate(model, val_data, device, tuple(trial), lesion_values)
-            if result["dice"][name] > best["dice"][name] + 1e-4:
+            if result["global_dice"][name] > best["global_dice"][name] + 1e-4:
                 thresholds, best = trial, result
     model.config.thresholds = tuple(thresholds)
     return best
@@ -307,6 +318,7 @@ class Trainer:
                     t1 = time.perf_counter()
                     result = validate(model, val_data, str(device), lesion_values=self.lesion_values)
                     record.update({f"val_dice_{k}": v for k, v in result["dice"].items()})
+                    record.update({f"val_global_dice_{k}": v for k, v in result["global_dice"].items()})
                     record["val_score"] = result["score"]
                     record["val_per_case"] = result["per_case"]
                     record["val_seconds"] = round(time.perf_counter() - t1, 2)
@@ -339,8 +351,10 @@ class Trainer:
         result = calibrate_thresholds(model, val_data, device, baseline, lesion_values=self.lesion_values)
         if model.config.thresholds != load_model(self.out / MODEL).config.thresholds:
             model.config.metrics.update({f"val_dice_{k}": v for k, v in result["dice"].items()},
+                                        **{f"val_global_dice_{k}": v for k, v in result["global_dice"].items()},
                                         val_score=result["score"], val_per_case=result["per_case"],
-                                        uncalibrated_val_dice=baseline["dice"])
+                                        uncalibrated_val_dice=baseline["dice"],
+                                        uncalibrated_val_global_dice=baseline["global_dice"])
             save_model(model, self.out / MODEL, overwrite=True)
         if self.progress:
             chosen = ", ".join(f"{s.name} {t:g}" for s, t in zip(model.config.labels, model.config.thresholds))
@@ -379,6 +393,7 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}", f"lr {record['lr']:.2e}",
              f"{record['slices_per_s']:.1f} slices/s"]
     parts += [f"{k[9:]} Dice {v:.3f}" for k, v in record.items() if k.startswith("val_dice_")]
+    parts += [f"{k[16:]} global {v:.3f}" for k, v in record.items() if k.startswith("val_global_dice_")]
     return "  ".join(parts)
 
 
