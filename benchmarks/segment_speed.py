@@ -75,7 +75,7 @@ def train_models(work: Path) -> Path:
         write_image_atomic(labels, data / f"t{seed}_truth.nii.gz", overwrite=True)
     common = dict(data=[str(data)], device="auto", val_cases=["t22", "t23"], cache_dir=str(work / "cache"))
     fine = TrainConfig(**{**PRESETS["fast-cpu"], **common, "output": str(work / "fine"), "epochs": 16,
-                          "steps_per_epoch": 50, "val_every": 4, "preset": "fast-cpu"})
+                          "steps_per_epoch": 50, "val_every": 4, "tumor_fraction": 0.5, "preset": "fast-cpu"})
     loc = TrainConfig(**{**PRESETS["fast-cpu"], **PRESETS["localizer"], **common, "output": str(work / "loc"),
                          "preset": "localizer"})
     fine_result = train(fine, overwrite=True)
