@@ -80,7 +80,7 @@ def test_killed_run_resumes_bit_for_bit(phantom_data, tmp_path):
             "--arch", "rec_unet", "--width", "4", "--context", "1", "--spacing", "3.0", "--crop", "32",
             "--batch-size", "4", "--epochs", "3", "--steps-per-epoch", "6", "--folds", "0", "--optimizer", "ranger",
             "--lr", "1e-3", "--schedule", "cosine", "--warmup-epochs", "1", "--device", "cpu",
-            "--cache-dir", str(tmp_path / "cache")]
+            "--tumor-fraction", str(TrainConfig.tumor_fraction), "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out / CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
