@@ -153,6 +153,13 @@ def calibrate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any
     return best
 
 
+def _val_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """A validation result as the flat ``val_*`` entries of the training log and the model file's metrics."""
+    return {**{f"val_dice_{k}": v for k, v in result["dice"].items()},
+            **{f"val_global_dice_{k}": v for k, v in result["global_dice"].items()},
+            "val_score": result["score"], "val_per_case": result["per_case"]}
+
+
 def _write_logs(out: Path, history: list[dict[str, Any]]) -> None:
     rows = [{k: v for k, v in h.items() if not isinstance(v, dict)} for h in history]
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "epoch", k))
@@ -317,10 +324,7 @@ class Trainer:
                 if val_data and ((epoch + 1) % max(1, cfg.val_every) == 0 or last):
                     t1 = time.perf_counter()
                     result = validate(model, val_data, str(device), lesion_values=self.lesion_values)
-                    record.update({f"val_dice_{k}": v for k, v in result["dice"].items()})
-                    record.update({f"val_global_dice_{k}": v for k, v in result["global_dice"].items()})
-                    record["val_score"] = result["score"]
-                    record["val_per_case"] = result["per_case"]
+                    record.update(_val_metrics(result))
                     record["val_seconds"] = round(time.perf_counter() - t1, 2)
                     if best is None or result["score"] > best:
                         best = result["score"]
@@ -350,10 +354,7 @@ class Trainer:
         baseline = validate(model, val_data, device, lesion_values=self.lesion_values)
         result = calibrate_thresholds(model, val_data, device, baseline, lesion_values=self.lesion_values)
         if model.config.thresholds != load_model(self.out / MODEL).config.thresholds:
-            model.config.metrics.update({f"val_dice_{k}": v for k, v in result["dice"].items()},
-                                        **{f"val_global_dice_{k}": v for k, v in result["global_dice"].items()},
-                                        val_score=result["score"], val_per_case=result["per_case"],
-                                        uncalibrated_val_dice=baseline["dice"],
+            model.config.metrics.update(_val_metrics(result), uncalibrated_val_dice=baseline["dice"],
                                         uncalibrated_val_global_dice=baseline["global_dice"])
             save_model(model, self.out / MODEL, overwrite=True)
         if self.progress:
