@@ -285,3 +285,28 @@ def test_a_localiser_that_finds_nothing_falls_back_to_the_whole_volume(small_pha
         result = run_segmentation(encode_labels(ct, truth), blind, device="cpu")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(truth))
     assert result.plan.region is None
+
+
+def test_several_threshold_sets_share_one_network_pass_and_match_separate_runs(small_phantom):
+    """Threshold calibration relies on this: each map equals its own ``segment`` run, for a third of the work."""
+    from LiverTumorSegLib.pipeline import segment_at_thresholds
+
+    ct, _ = small_phantom
+    torch.manual_seed(3)
+    cfg = ModelConfig("rec_unet", {"in_channels": 3, "out_channels": 2, "base_width": 4}, (LIVER, TUMOR),
+                      context_slices=1, thresholds=(0.5, 0.5), min_lesion_mm3=0.0)
+    model = new_model(cfg)
+    calls = []
+    model.network.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    sets = [(0.5, 0.45), None, (0.4, 0.55)]
+    shared = segment_at_thresholds(ct, model, sets, device="cpu")
+    slices_once = sum(calls)
+    calls.clear()
+    separate = [segment(ct, model, device="cpu", thresholds=t) for t in sets]
+    assert sum(calls) == 3 * slices_once == 3 * ct.GetSize()[2]
+    arrays = [sitk.GetArrayFromImage(m) for m in shared]
+    for got, expected in zip(arrays, separate):
+        np.testing.assert_array_equal(got, sitk.GetArrayFromImage(expected))
+    assert not np.array_equal(arrays[0], arrays[2])  # the thresholds did change the labels
+    with pytest.raises(Exception, match="2 thresholds needed"):
+        segment_at_thresholds(ct, model, [(0.5,)], device="cpu")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -230,23 +230,27 @@ def _run_batches(model: SegmentationModel, volume: np.ndarray, plan: InferencePl
     return plan
 
 
-def predict_bits(model: SegmentationModel, volume: np.ndarray, out: np.ndarray, plan: InferencePlan,
-                 thresholds: tuple[float, ...] | None = None, progress: ProgressCallback | None = None,
-                 z_range: tuple[int, int] | None = None, box: Box | None = None) -> InferencePlan:
-    """Fill ``out`` (canonical uint8 view, Z x H x W) with the thresholded channel bits of slices ``z_range``.
+def predict_bits(model: SegmentationModel, volume: np.ndarray,
+                 targets: Sequence[tuple[np.ndarray, tuple[float, ...] | None]], plan: InferencePlan,
+                 progress: ProgressCallback | None = None, z_range: tuple[int, int] | None = None,
+                 box: Box | None = None) -> InferencePlan:
+    """Fill each ``(out, thresholds)`` target (canonical uint8 view, Z x H x W; ``None`` = the model's
+    thresholds) with the thresholded channel bits of slices ``z_range``, all from one network pass.
 
+    Several targets let threshold calibration try every candidate for the price of one inference.
     ``box`` restricts the network to a crop of the model grid (coarse-to-fine); outside it, and outside
-    ``z_range``, ``out`` is left as it is. Returns the plan as finally run (device and batch size may
-    have changed after an out-of-memory error).
+    ``z_range``, the outputs are left as they are. Returns the plan as finally run (device and batch size
+    may have changed after an out-of-memory error).
     """
-    thresholds = tuple(thresholds or model.config.thresholds)
+    targets = [(out, tuple(thresholds or model.config.thresholds)) for out, thresholds in targets]
     h, w = volume.shape[1:]
     crop = plan.model_size_yx if box is None else (box[0].stop - box[0].start, box[1].stop - box[1].start)
     z0, z1 = z_range or (0, volume.shape[0])
 
     def consume(z, logits):
         probs = resize(probabilities(logits, model, crop, plan, box), (h, w))
-        out[int(z[0]):int(z[-1]) + 1] = threshold_bits(probs, model, thresholds).cpu().numpy()
+        for out, thresholds in targets:
+            out[int(z[0]):int(z[-1]) + 1] = threshold_bits(probs, model, thresholds).cpu().numpy()
 
     return _run_batches(model, volume, plan, np.arange(z0, z1), consume, box, progress)
 

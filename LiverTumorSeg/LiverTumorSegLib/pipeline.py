@@ -54,15 +54,35 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
                      region: IndexBox | None = None, keep_labels: Sequence[str] | None = None,
                      use_localizer: bool = True) -> SegmentationResult:
     """Segment a CT volume; see ``segment``. Also returns the plan that ran and stage timings."""
-    import SimpleITK as sitk
-
-    from .environment import configure_threads, resolve_device
-
     if region is not None:
         return _segment_region(image, region, model, device=device, batch_size=batch_size, precision=precision,
                                progress=progress, thresholds=thresholds, min_lesion_mm3=min_lesion_mm3,
                                organ_margin_mm=organ_margin_mm, allow_non_ct=allow_non_ct, modality=modality,
                                keep_labels=keep_labels, use_localizer=use_localizer)
+    return _segment_volume(image, model, [thresholds], device=device, batch_size=batch_size, precision=precision,
+                           progress=progress, min_lesion_mm3=min_lesion_mm3, organ_margin_mm=organ_margin_mm,
+                           allow_non_ct=allow_non_ct, modality=modality, keep_labels=keep_labels,
+                           use_localizer=use_localizer)[0]
+
+
+def segment_at_thresholds(image, model: SegmentationModel, threshold_sets: Sequence[tuple[float, ...] | None],
+                          device: str = "auto", **options: Any) -> list["SimpleITK.Image"]:  # noqa: F821
+    """One label map per tuple of ``threshold_sets``, each equal to ``segment(image, model, thresholds=t)``,
+    from a single network pass: threshold calibration on validation volumes would otherwise rerun the
+    network once per candidate. Options as ``segment`` (no ``region``)."""
+    return [result.labels for result in _segment_volume(image, model, list(threshold_sets), device=device, **options)]
+
+
+def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
+                    threshold_sets: list[tuple[float, ...] | None], device: str = "auto",
+                    batch_size: int | None = None, precision: str = "auto",
+                    progress: ProgressCallback | None = None, min_lesion_mm3: float | None = None,
+                    organ_margin_mm: float | None = None, allow_non_ct: bool = False, modality: str | None = None,
+                    keep_labels: Sequence[str] | None = None, use_localizer: bool = True) -> list[SegmentationResult]:
+    import SimpleITK as sitk
+
+    from .environment import configure_threads, resolve_device
+
     t0 = time.perf_counter()
     validate_ct(image, allow_non_ct=allow_non_ct, modality=modality)
     torch_device = resolve_device(device)
@@ -71,16 +91,18 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
     if not isinstance(model, SegmentationModel):
         model = load_model(model)
     cfg = model.config
-    if thresholds is not None and len(thresholds) != len(cfg.labels):
-        raise LiverTumorSegError(f"{len(cfg.labels)} thresholds needed (one per label: "
-                                 f"{', '.join(lab.name for lab in cfg.labels)}), got {len(thresholds)}")
+    for thresholds in threshold_sets:
+        if thresholds is not None and len(thresholds) != len(cfg.labels):
+            raise LiverTumorSegError(f"{len(cfg.labels)} thresholds needed (one per label: "
+                                     f"{', '.join(lab.name for lab in cfg.labels)}), got {len(thresholds)}")
     seconds = {"validate": time.perf_counter() - t0}
 
     t = time.perf_counter()
     frame = CanonicalFrame.of_image(image)
     volume = frame.view(sitk.GetArrayViewFromImage(image))  # no copy: a strided view of the input
-    out = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
-    out_canonical = frame.view(out)  # writes land on the input grid: the inverse transform is exact
+    shape = sitk.GetArrayViewFromImage(image).shape
+    outs = [np.zeros(shape, dtype=np.uint8) for _ in threshold_sets]
+    outs_canonical = [frame.view(out) for out in outs]  # writes land on the input grid: the inverse is exact
     plan = make_plan(model, volume.shape, frame.spacing_zyx, torch_device, precision, batch_size)
     z_range, box, done_before = None, None, 0
     if model.localizer is not None and use_localizer:
@@ -95,24 +117,28 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
     def fine_progress(done: int, total: int):
         return None if progress is None else progress(done_before + done, done_before + total)
 
-    plan = predict_bits(model, volume, out_canonical, plan, thresholds, fine_progress, z_range, box)
+    plan = predict_bits(model, volume, list(zip(outs_canonical, threshold_sets)), plan, fine_progress, z_range, box)
     plan.region = None if z_range is None else {
         "slices": list(z_range), "box_yx": None if box is None else [[box[0].start, box[0].stop],
                                                                     [box[1].start, box[1].stop]]}
     seconds["inference"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    finalize_labels(out_canonical, cfg.labels, frame.spacing_zyx,
-                    cfg.min_lesion_mm3 if min_lesion_mm3 is None else min_lesion_mm3,
-                    cfg.organ_margin_mm if organ_margin_mm is None else organ_margin_mm)
-    if keep_labels is not None:
-        _keep_only(out, cfg.labels, keep_labels)
-    labels = sitk.GetImageFromArray(out)
-    del out
-    labels.CopyInformation(image)
+    label_maps = []
+    while outs:  # one array at a time: the input-sized buffers are freed as their images are made
+        out, out_canonical = outs.pop(0), outs_canonical.pop(0)
+        finalize_labels(out_canonical, cfg.labels, frame.spacing_zyx,
+                        cfg.min_lesion_mm3 if min_lesion_mm3 is None else min_lesion_mm3,
+                        cfg.organ_margin_mm if organ_margin_mm is None else organ_margin_mm)
+        if keep_labels is not None:
+            _keep_only(out, cfg.labels, keep_labels)
+        labels = sitk.GetImageFromArray(out)
+        del out, out_canonical
+        labels.CopyInformation(image)
+        label_maps.append(labels)
     seconds["postprocess"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
-    return SegmentationResult(labels, model, plan, seconds)
+    return [SegmentationResult(labels, model, plan, seconds) for labels in label_maps]
 
 
 @dataclass

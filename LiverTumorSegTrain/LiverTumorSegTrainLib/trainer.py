@@ -103,29 +103,41 @@ def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], dev
     Dice. An organ includes the lesions in it; ``lesion_values`` are the reference's lesion values when
     the model has no lesion label of its own (a liver-only localiser trained on liver+tumour data).
     """
+    return validate_thresholds(model, val_data, device, [thresholds], lesion_values)[0]
+
+
+def validate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
+                        threshold_sets: list[tuple[float, ...] | None],
+                        lesion_values: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    """``validate`` for each tuple of ``threshold_sets`` (``None`` = the model's), one network pass per case."""
     import SimpleITK as sitk
 
-    from LiverTumorSegLib.pipeline import segment
+    from LiverTumorSegLib.pipeline import segment_at_thresholds
 
     names = [s.name.lower() for s in model.config.labels]
     lesions = lesion_values if lesion_values is not None else \
         tuple(s.value for s in model.config.labels if s.role == "lesion")
-    per_case = {}
-    pooled = {n: np.zeros(2, dtype=np.int64) for n in names}  # |P∩G|, |P|+|G|
+    per_case = [{} for _ in threshold_sets]
+    pooled = [{n: np.zeros(2, dtype=np.int64) for n in names} for _ in threshold_sets]  # |P∩G|, |P|+|G|
     for case_id, ct, ref in val_data:
-        labels = segment(ct, model, device=device, thresholds=thresholds)  # keep alive: the arrays are views
-        pred, truth = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(ref)
-        scores = {}
-        for spec, name in zip(model.config.labels, names):
-            values = [spec.value] + (list(lesions) if spec.role == "organ" else [])
-            o = overlap(np.isin(pred, values), np.isin(truth, values))
-            scores[name] = o["dice"]
-            pooled[name] += (o["tp"], o["n_pred"] + o["n_ref"])
-        per_case[case_id] = scores
-    mean = {n: float(np.mean([c[n] for c in per_case.values()])) for n in names}
-    global_dice = {n: float(2 * tp / total) if total else 1.0 for n, (tp, total) in pooled.items()}
-    selection = [global_dice[n] if s.role == "lesion" else mean[n] for s, n in zip(model.config.labels, names)]
-    return {"per_case": per_case, "dice": mean, "global_dice": global_dice, "score": float(np.mean(selection))}
+        truth = sitk.GetArrayViewFromImage(ref)
+        for k, labels in enumerate(segment_at_thresholds(ct, model, threshold_sets, device=device)):
+            pred = sitk.GetArrayViewFromImage(labels)  # a view: ``labels`` stays alive while it is used
+            scores = {}
+            for spec, name in zip(model.config.labels, names):
+                values = [spec.value] + (list(lesions) if spec.role == "organ" else [])
+                o = overlap(np.isin(pred, values), np.isin(truth, values))
+                scores[name] = o["dice"]
+                pooled[k][name] += (o["tp"], o["n_pred"] + o["n_ref"])
+            per_case[k][case_id] = scores
+    results = []
+    for cases, sums in zip(per_case, pooled):
+        mean = {n: float(np.mean([c[n] for c in cases.values()])) for n in names}
+        global_dice = {n: float(2 * tp / total) if total else 1.0 for n, (tp, total) in sums.items()}
+        selection = [global_dice[n] if s.role == "lesion" else mean[n] for s, n in zip(model.config.labels, names)]
+        results.append({"per_case": cases, "dice": mean, "global_dice": global_dice,
+                        "score": float(np.mean(selection))})
+    return results
 
 
 def calibrate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
@@ -136,19 +148,18 @@ def calibrate_thresholds(model: SegmentationModel, val_data: list[tuple[str, Any
     Dice would favour thresholds that erase every lesion when lesion-free cases are in the set); organ
     thresholds stay at the model's values. Both directions are tried: small networks can be under-confident
     at lesion edges, and tumour oversampling makes them over-confident (the fast IRCADb model predicts 2-7x
-    the tumour volume at 0.5). Ties keep the earlier candidate, so 0.5 stays unless another is strictly better."""
+    the tumour volume at 0.5). Ties keep the earlier candidate, so 0.5 stays unless another is strictly better.
+    All candidates of a label share one network pass per case."""
     thresholds = list(model.config.thresholds)
     best = baseline
     for i, spec in enumerate(model.config.labels):
         if spec.role != "lesion":
             continue
         name = spec.name.lower()
-        for t in candidates:
-            trial = list(thresholds)
-            trial[i] = t
-            result = validate(model, val_data, device, tuple(trial), lesion_values)
+        trials = [tuple(thresholds[:i] + [t] + thresholds[i + 1:]) for t in candidates]
+        for trial, result in zip(trials, validate_thresholds(model, val_data, device, trials, lesion_values)):
             if result["global_dice"][name] > best["global_dice"][name] + 1e-4:
-                thresholds, best = trial, result
+                thresholds, best = list(trial), result
     model.config.thresholds = tuple(thresholds)
     return best
 
