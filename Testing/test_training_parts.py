@@ -95,6 +95,23 @@ def test_augmentation_is_seeded_and_moves_image_and_labels_together():
         assert inside.mean() > outside.mean() + 0.6
 
 
+def test_intensity_augmentation_strength_follows_the_configuration():
+    """The same seeds draw the same shifts, scaled to the configured range: a liver at 26 HU or 165 HU
+    (both in 3D-IRCADb) must be reachable from a typical 100 HU one."""
+    x = torch.full((64, 1, 16, 16), 0.33)  # 100 HU in the [-200, 250] window
+    y = torch.zeros(64, 1, 16, 16)
+    seeds = [(0, 3, i) for i in range(64)]
+
+    def centres(shift: float, scale: float) -> torch.Tensor:
+        xa, _ = augment(x.clone(), y.clone(), seeds, intensity_shift=shift, intensity_scale=scale)
+        return xa[:, 0, 6:10, 6:10].mean(dim=(1, 2))
+
+    mild, strong = centres(0.08, 0.1), centres(0.3, 0.25)
+    assert torch.equal(centres(0.08, 0.1), augment(x.clone(), y.clone(), seeds)[0][:, 0, 6:10, 6:10].mean(dim=(1, 2)))
+    assert mild.min() > 0.33 - 0.25 and mild.max() < 0.33 + 0.25
+    assert strong.min() < 0.0 and strong.max() > 0.6  # 26 HU is 0.0, 165 HU is 0.62
+
+
 def test_bce_dice_matches_the_authors_formula():
     torch.manual_seed(0)
     z, t = torch.randn(3, 2, 8, 8), (torch.rand(3, 2, 8, 8) > 0.7).float()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _params(seeds: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
+def _params(seeds: list[tuple[int, int, int]], shift: float, scale: float) -> dict[str, np.ndarray]:
     rows = []
     for s in seeds:
         rng = np.random.default_rng([*s, 0xA6])
@@ -24,7 +24,7 @@ def _params(seeds: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
             rng.random() < 0.8, rng.uniform(-15, 15),            # rotate?, degrees
             rng.random() < 0.8, math.exp(rng.uniform(-0.15, 0.15)),  # scale?, factor
             rng.random() < 0.5,                                   # elastic?
-            rng.uniform(-0.08, 0.08), rng.uniform(0.9, 1.1),      # intensity shift, scale (normalised units)
+            rng.uniform(-shift, shift), rng.uniform(1 - scale, 1 + scale),  # intensity shift (normalised), factor
             rng.random() < 0.3, math.exp(rng.uniform(-0.3, 0.3)),  # gamma?, gamma
             rng.random() < 0.3, rng.uniform(0.0, 0.06),           # noise?, sd
             rng.random() < 0.2, rng.uniform(0.5, 1.0),            # blur?, sigma (pixels)
@@ -45,9 +45,12 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, seeds: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment normalised inputs ``x`` (B, C, H, W, in [-1, 1]) and binary targets ``y`` (B, K, H, W) alike."""
-    p = _params(seeds)
+def augment(x: torch.Tensor, y: torch.Tensor, seeds: list[tuple[int, int, int]], intensity_shift: float = 0.08,
+            intensity_scale: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment normalised inputs ``x`` (B, C, H, W, in [-1, 1]) and binary targets ``y`` (B, K, H, W) alike.
+
+    Intensities move by up to ``intensity_shift`` (1 = half the HU window) and scale by 1 ± ``intensity_scale``."""
+    p = _params(seeds, intensity_shift, intensity_scale)
     b, _, h, w = x.shape
     theta = torch.zeros(b, 2, 3, dtype=torch.float32)
     for i in range(b):

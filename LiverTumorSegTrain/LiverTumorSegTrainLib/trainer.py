@@ -381,7 +381,7 @@ class Trainer:
                                self.lesion_values)
         x = normalize_hu(hu, net_cfg.window_hu)
         if cfg.augment:
-            x, y = augment(x, y, [(cfg.seed, epoch, s.index) for s in batch])
+            x, y = augment(x, y, [(cfg.seed, epoch, s.index) for s in batch], cfg.intensity_shift, cfg.intensity_scale)
         return x, y, w
 
     @staticmethod
