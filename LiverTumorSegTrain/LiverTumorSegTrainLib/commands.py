@@ -74,9 +74,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--tumor-fraction", type=float, default=None)
     o.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     o.add_argument("--intensity-shift", type=float, default=None,
-                   help="intensity augmentation: shift of up to ± this (1 = half the HU window; default 0.08)")
+                   help="intensity augmentation: shift of up to +/- this (1 = half the HU window; default 0.08)")
     o.add_argument("--intensity-scale", type=float, default=None,
-                   help="intensity augmentation: contrast factor in 1 ± this (default 0.1)")
+                   help="intensity augmentation: contrast factor in 1 +/- this (default 0.1)")
     o.add_argument("--seed", type=int, default=None)
     o.add_argument("--val-every", type=int, default=None)
     x = p.add_argument_group("execution")
