@@ -50,14 +50,18 @@ def test_truth_model_reproduces_phantom_labels_exactly(shape, spacing, orientati
     np.testing.assert_array_equal(got, expected)
 
 
+def random_tiny_model(seed: int) -> SegmentationModel:
+    """An untrained REC-UNet (width 4): spatially non-trivial, smooth probabilities, no trained answer."""
+    torch.manual_seed(seed)
+    return new_model(ModelConfig("rec_unet", {"in_channels": 3, "out_channels": 2, "base_width": 4}, (LIVER, TUMOR),
+                                 context_slices=1, thresholds=(0.5, 0.5), min_lesion_mm3=0.0))
+
+
 @pytest.mark.parametrize("orientation", ["RAS", "PIR", "SAL", "ILA"])
 def test_network_sees_the_same_canonical_input_whatever_the_orientation(orientation, small_phantom):
     """A random (spatially non-trivial) network gives the same answer in physical space for any layout."""
     ct, _ = small_phantom
-    torch.manual_seed(0)
-    cfg = ModelConfig("rec_unet", {"in_channels": 3, "out_channels": 2, "base_width": 4}, (LIVER, TUMOR),
-                      context_slices=1, thresholds=(0.5, 0.5), min_lesion_mm3=0.0)
-    model = new_model(cfg)
+    model = random_tiny_model(seed=0)
     logits = []
     hook = model.network.register_forward_hook(lambda m, i, o: logits.append(o))
     segment(ct, model, device="cpu")
@@ -292,10 +296,7 @@ def test_several_threshold_sets_share_one_network_pass_and_match_separate_runs(s
     from LiverTumorSegLib.pipeline import segment_at_thresholds
 
     ct, _ = small_phantom
-    torch.manual_seed(3)
-    cfg = ModelConfig("rec_unet", {"in_channels": 3, "out_channels": 2, "base_width": 4}, (LIVER, TUMOR),
-                      context_slices=1, thresholds=(0.5, 0.5), min_lesion_mm3=0.0)
-    model = new_model(cfg)
+    model = random_tiny_model(seed=3)
     calls = []
     model.network.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     sets = [(0.5, 0.45), None, (0.4, 0.55)]
