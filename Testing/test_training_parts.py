@@ -224,14 +224,17 @@ def test_epoch_selection_scores_lesions_globally_so_predicting_no_tumour_cannot_
     encoded = encode_labels(ct, truth)
     val = [("a", encoded, truth), ("b", encoded, no_tumour), ("c", encoded, no_tumour)]
 
-    def score(tumour_level: float) -> dict:
+    def score(tumour_level: float, lesion_floor: float = 0.0) -> dict:
         levels = (0.25, tumour_level)
         model = SegmentationModel(OracleNet(levels=levels),
                                   ModelConfig("test_oracle", {"levels": levels}, (LIVER, TUMOR), min_lesion_mm3=0.0))
-        return validate(model, val, "cpu")
+        return validate(model, val, "cpu", lesion_floor=lesion_floor)
 
     finds, blind = score(0.7), score(0.95)
     assert finds["dice"]["tumor"] == pytest.approx(1 / 3) and blind["dice"]["tumor"] == pytest.approx(2 / 3)
     assert finds["global_dice"]["tumor"] == pytest.approx(0.5) and blind["global_dice"]["tumor"] == 0.0
     assert finds["dice"]["liver"] == blind["dice"]["liver"] == 1.0
     assert finds["score"] == pytest.approx(0.75) and blind["score"] == pytest.approx(0.5)
+    # below the floor a lesion Dice is noise: it ranks nothing, so the organ alone decides
+    assert score(0.7, lesion_floor=0.6)["score"] == pytest.approx(0.5)
+    assert score(0.7, lesion_floor=0.5)["score"] == pytest.approx(0.75)

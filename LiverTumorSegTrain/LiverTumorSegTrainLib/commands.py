@@ -79,6 +79,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="intensity augmentation: contrast factor in 1 +/- this (default 0.1)")
     o.add_argument("--seed", type=int, default=None)
     o.add_argument("--val-every", type=int, default=None)
+    o.add_argument("--lesion-score-floor", type=float, default=None,
+                   help="best-epoch score: a lesion global Dice below this counts 0 (default 0.1; 0: off)")
     x = p.add_argument_group("execution")
     x.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
     x.add_argument("--no-amp", dest="amp", action="store_false", default=None)

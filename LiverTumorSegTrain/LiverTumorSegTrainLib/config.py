@@ -68,6 +68,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     val_every: int = 1
+    #: a lesion's global validation Dice below this counts 0 in the best-epoch score (noise, not learning)
+    lesion_score_floor: float = 0.1
     #: after training, pick each lesion label's probability threshold that maximises validation Dice
     calibrate_thresholds: bool = True
     cache_dir: str | None = None
