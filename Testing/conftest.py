@@ -38,11 +38,11 @@ class OracleNet(nn.Module):
 
 
 def oracle_model(context_slices: int = 0, channel: int | None = None, spacing_yx_mm=None,
-                 min_lesion_mm3: float = 0.0) -> SegmentationModel:
+                 min_lesion_mm3: float = 0.0, context_step_mm: float | None = None) -> SegmentationModel:
     kwargs = {"in_channels": 2 * context_slices + 1, "channel": channel, "levels": (0.25, 0.7)}
     cfg = ModelConfig(architecture="test_oracle", architecture_kwargs=kwargs, labels=(LIVER, TUMOR),
                       context_slices=context_slices, spacing_yx_mm=spacing_yx_mm, min_lesion_mm3=min_lesion_mm3,
-                      name="oracle")
+                      context_step_mm=context_step_mm, name="oracle")
     return SegmentationModel(OracleNet(**kwargs), cfg)
 
 

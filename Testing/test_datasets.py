@@ -338,10 +338,15 @@ def test_npz_synthetic_case(tmp_path):
     np.savez_compressed(tmp_path / "ircadb01_p07.npz", image=image, label=label,
                         hu_scale=np.float32(600 / 255), hu_offset=np.float32(-200.0),
                         spacing_zyx=np.array([1.6, 0.782, 0.782], np.float32), crop_yx=np.array([90, 17], np.int16),
-                        first_slice_z_mm=np.float32(80.0), patient_id=np.array("3Dircadb1.7"))
+                        first_slice_z_mm=np.float32(80.0), patient_id=np.array("3Dircadb1.7"),
+                        hu_clip=np.array([-200, 400], np.int16))
     np.savez(tmp_path / "unrelated.npz", weights=np.zeros(3))  # not a case
-    (case,) = find_cases(tmp_path)
+    np.savez(tmp_path / "rescan.npz", image=image, label=label, spacing_zyx=np.array([2.0, 1.5, 1.5]),
+             patient_group=np.array("lits-A"))
+    case, rescan = find_cases(tmp_path)
     assert (case.case_id, case.kind, case.label_names) == ("ircadb01_p07", "npz", ("liver", "tumor"))
+    assert (case.hu_valid, case.patient_group) == ((-200.0, 400.0), "ircadb01_p07")  # its own group
+    assert (rescan.hu_valid, rescan.patient_group) == (None, "lits-A")  # no hu_clip: the full range
     ct, labels = case.load()
     assert ct.GetPixelID() == sitk.sitkInt16 and labels.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_array_equal(arr(ct), np.rint(image * (600 / 255) - 200).astype(np.int16))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
+from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.labels import LIVER, TUMOR, VESSEL
 from LiverTumorSegLib.phantom import make_phantom
 from LiverTumorSegTrainLib.augment import augment
@@ -34,6 +36,63 @@ def test_split_is_by_patient_seeded_and_covers_every_case_once():
     assert split_cases(ids, _cfg(folds=5, fold=2, split_seed=3)) == folds[2]
     assert split_cases(ids, _cfg(folds=5, fold=2, split_seed=4)) != folds[2]
     assert split_cases(ids, _cfg(val_cases=["p03"]))[1] == ["p03"]
+
+
+def test_split_never_separates_a_patient_group_and_without_groups_is_unchanged():
+    ids = [f"a{i:02d}" for i in range(10)] + [f"rep{i}" for i in range(6)]
+    groups = {f"rep{i}": f"patient{i // 3}" for i in range(6)}  # two patients scanned three times each
+    for k in range(4):
+        train, val = split_cases(ids, _cfg(folds=4, fold=k), groups)
+        for g in ("patient0", "patient1"):
+            members = {i for i, grp in groups.items() if grp == g}
+            assert members <= set(train) or members <= set(val)
+    vals = [set(split_cases(ids, _cfg(folds=4, fold=k), groups)[1]) for k in range(4)]
+    assert set().union(*vals) == set(ids) and sum(map(len, vals)) == len(ids)
+    assert split_cases(ids, _cfg(folds=4, fold=1), {}) == split_cases(ids, _cfg(folds=4, fold=1))
+    with pytest.raises(LiverTumorSegError, match="rep1 is in patient group patient0 with a validation case"):
+        split_cases(ids, _cfg(val_cases=["rep0"]), groups)
+    with pytest.raises(LiverTumorSegError, match="3 patient groups cannot make 4 folds"):
+        split_cases(["rep0", "rep1", "rep2", "rep3", "x"], _cfg(folds=4), groups)
+
+
+def test_a_window_outside_a_cases_valid_hu_is_refused_naming_the_case():
+    from LiverTumorSegTrainLib.datasets import LabeledCase
+    from LiverTumorSegTrainLib.trainer import check_window_inside_valid_hu
+
+    lits = LabeledCase("lits18_v004", "npz", ("liver", "tumor"), Path("x.npz"), hu_valid=(-45.0, 160.0))
+    full = LabeledCase("ct", "lits", ("liver", "tumor"), Path("y.nii"))
+    check_window_inside_valid_hu((-45.0, 160.0), [lits, full])
+    with pytest.raises(LiverTumorSegError, match=r"case lits18_v004: its HU are valid only in \[-45, 160\].*"
+                                                  r"--window -45 160"):
+        check_window_inside_valid_hu((-200.0, 250.0), [full, lits])
+
+
+def test_context_in_millimetres_interpolates_between_slices_and_training_matches_inference():
+    """Neighbours 2 mm apart on a 4 mm scan fall half-way between slices; on a 1 mm scan two slices away.
+    The training batch and the inference input are built by the same function and must agree exactly."""
+    from LiverTumorSegLib.context import context_positions, context_step_slices, read_context
+
+    vol = np.arange(10, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32) * 10  # slice z = 10 z
+    pos = context_positions(np.array([0, 5, 9]), 1, context_step_slices(2.0, 4.0), 10)
+    got = read_context(lambda idx: vol[idx], pos, 10)[..., 0, 0]
+    np.testing.assert_allclose(got, [[0, 0, 5], [45, 50, 55], [85, 90, 90]])
+    pos = context_positions(np.array([5]), 2, context_step_slices(2.0, 1.0), 10)
+    np.testing.assert_allclose(read_context(lambda idx: vol[idx], pos, 10)[0, :, 0, 0], [10, 30, 50, 70, 90])
+    # slice-counted models (no step in mm) read the stored slices bit for bit
+    assert context_step_slices(None, 4.0) == 1.0
+    raw = np.random.default_rng(0).normal(size=(6, 3, 3)).astype(np.float32)
+    pos = context_positions(np.arange(6), 1, 1.0, 6)
+    np.testing.assert_array_equal(read_context(lambda idx: raw[idx], pos, 6),
+                                  raw[np.clip(np.arange(6)[:, None] + [-1, 0, 1], 0, 5)])
+
+    case = _case(0)  # 2 mm slices
+    sample = epoch_samples([case], 1, 0, 0, 1.0, 0.0)[0]
+    hu, _, _ = build_batch([case], [sample], (LIVER, TUMOR), context=1, crop=None, multiple=16, epoch=0, seed=0,
+                           context_step_mm=3.0)
+    z = sample.z
+    lo, hi = max(z - 1.5, 0), min(z + 1.5, 19)
+    expect = [case.image[int(p)] * (1 - p % 1) + case.image[min(int(p) + 1, 19)] * (p % 1) for p in (lo, z, hi)]
+    np.testing.assert_allclose(hu[0, :, :40, :40].numpy(), np.stack(expect), rtol=1e-5)
 
 
 def _case(seed: int, tumor: bool = True) -> CachedCase:
@@ -151,6 +210,34 @@ def test_recunet_lits_schedule_and_cosine_warmup():
     cos = _cfg(schedule="cosine", warmup_epochs=2, epochs=10)
     f = [lr_factor(cos, e) for e in range(10)]
     assert f[0] < f[1] < f[2] == pytest.approx(1.0) and f[-1] < 0.1 and all(a >= b for a, b in zip(f[2:], f[3:]))
+
+
+def test_clipping_before_resampling_is_the_same_in_the_training_cache_and_in_the_pipeline(tmp_path):
+    """With ``window_before_resampling`` no resampled edge mixes HU outside the window (fat at -100 HU next to
+    liver reads as if fat were -45): a cached training slice and the pipeline's network input agree."""
+    from LiverTumorSegLib.inference import make_plan, network_input, normalize_hu
+    from LiverTumorSegLib.modelfile import ModelConfig
+
+    ct, labels = make_phantom(shape_zyx=(10, 120, 128), spacing_zyx=(3.0, 0.7, 0.7), seed=2, lesion_diameters_mm=())
+    data = tmp_path / "data"
+    data.mkdir()
+    sitk.WriteImage(ct, str(data / "a.nii.gz"))
+    sitk.WriteImage(labels, str(data / "a_truth.nii.gz"))
+    case = find_cases(data)[0]
+    window = (-45.0, 160.0)
+    clipped = prepare_cases([case], tmp_path / "cache", 1.5, (2,), progress=False, clip_hu=window)[0]
+    plain = prepare_cases([case], tmp_path / "cache", 1.5, (2,), progress=False)[0]
+    assert cache_key(case, 1.5, (2,), window) != cache_key(case, 1.5, (2,))
+    assert clipped.image.min() >= -45 and clipped.image.max() <= 160
+    assert np.any(np.clip(plain.image, -45, 160) != clipped.image)  # the order matters at edges
+    cfg = ModelConfig(architecture="rec_unet", architecture_kwargs={}, labels=(LIVER, TUMOR), window_hu=window,
+                      spacing_yx_mm=(1.5, 1.5), window_before_resampling=True, size_multiple=1)
+    model = type("M", (), {"config": cfg})()
+    hu = sitk.GetArrayFromImage(ct)
+    plan = make_plan(model, hu.shape, (3.0, 0.7, 0.7), torch.device("cpu"))
+    x = network_input(torch.from_numpy(hu[3:4].astype(np.float32))[None], plan, model)[0, 0]
+    expect = normalize_hu(torch.from_numpy(clipped.image[3].astype(np.float32)), window)
+    torch.testing.assert_close(x, expect, atol=0.5 / 102.5 + 1e-6, rtol=0)  # the cache rounds to whole HU
 
 
 def test_cache_is_built_once_and_invalidated_by_settings_and_edits(tmp_path):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from .context import context_positions, context_step_slices, read_context
 from .errors import LiverTumorSegError, SegmentationCancelled
 from .geometry import padded_size, resampled_size
 from .modelfile import SegmentationModel
@@ -40,6 +41,8 @@ class InferencePlan:
     model_size_yx: tuple[int, int]
     padded_size_yx: tuple[int, int]
     resample: bool
+    #: the scan's slice spacing (mm): context offsets in millimetres become slice positions with it
+    slice_spacing_mm: float = 1.0
     #: where the fine model ran after localisation (slices, box of the model grid); None: everywhere
     region: dict | None = None
 
@@ -81,7 +84,8 @@ def make_plan(model: SegmentationModel, canonical_shape: tuple[int, int, int], s
         raise LiverTumorSegError(f"batch size must be >= 1, not {batch_size}")
     return InferencePlan(device=device, precision=choose_precision(precision, device),
                          batch_size=batch_size or default_batch_size(device, padded),
-                         model_size_yx=size, padded_size_yx=padded, resample=size != (h, w))
+                         model_size_yx=size, padded_size_yx=padded, resample=size != (h, w),
+                         slice_spacing_mm=float(spacing_zyx[0]))
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -115,7 +119,8 @@ Box = tuple[slice, slice]
 
 def network_input(slabs: "torch.Tensor", plan: InferencePlan, model: SegmentationModel,
                   box: Box | None = None) -> "torch.Tensor":
-    """HU context stacks (B, 2k+1, H, W) -> network input: resample, crop, window, pad to the size multiple.
+    """HU context stacks (B, 2k+1, H, W) -> network input: resample, crop, window, pad to the size multiple
+    (models with ``window_before_resampling`` clip to their window first).
 
     Whole slices are resampled before cropping, so a crop sees exactly the pixels the full-slice path
     sees. Training uses the same ``normalize_hu``: what the network sees there is what it sees here.
@@ -123,7 +128,10 @@ def network_input(slabs: "torch.Tensor", plan: InferencePlan, model: Segmentatio
     import torch.nn.functional as F
 
     b, c, h, w = slabs.shape
-    t = resize(slabs.float().reshape(b * c, 1, h, w), plan.model_size_yx).reshape(b, c, *plan.model_size_yx)
+    t = slabs.float().reshape(b * c, 1, h, w)
+    if model.config.window_before_resampling:
+        t = t.clamp(*model.config.window_hu)
+    t = resize(t, plan.model_size_yx).reshape(b, c, *plan.model_size_yx)
     if box is not None:
         t = t[:, :, box[0], box[1]]
     t = normalize_hu(t, model.config.window_hu)
@@ -175,13 +183,12 @@ def _run_batches(model: SegmentationModel, volume: np.ndarray, plan: InferencePl
     import torch
 
     k = model.config.context_slices
-    offsets = np.arange(-k, k + 1)
+    step = context_step_slices(model.config.context_step_mm, plan.slice_spacing_mm)
     net = model.network.to(plan.device).eval()
 
     def prepare(i0: int, i1: int):
-        idx = np.clip(zs[i0:i1, None] + offsets[None, :], 0, volume.shape[0] - 1)
-        slab = torch.from_numpy(np.ascontiguousarray(volume[idx.ravel()])).reshape(i1 - i0, 2 * k + 1,
-                                                                                    *volume.shape[1:])
+        positions = context_positions(zs[i0:i1], k, step, volume.shape[0])
+        slab = torch.from_numpy(read_context(lambda idx: volume[idx], positions, volume.shape[0]))
         with torch.inference_mode():
             return network_input(slab, plan, model, box)
 

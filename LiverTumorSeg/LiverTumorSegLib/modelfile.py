@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # torch is imported lazily: Slicer imports this package at st
     import torch
 
 FORMAT = "LiverTumorSeg model"
-FORMAT_VERSION = 1
+#: 2: context_step_mm and window_before_resampling (a version-1 reader would ignore them and run the model wrong)
+FORMAT_VERSION = 2
 ACTIVATIONS = ("sigmoid", "softmax")
 #: window_to_unit: HU clipped to ``window_hu`` and mapped linearly to [-1, 1] (the authors' /200 for [-200, 200])
 NORMALIZATIONS = ("window_to_unit",)
@@ -47,8 +48,15 @@ class ModelConfig:
     normalization: str = "window_to_unit"
     #: in-plane (row, column) spacing in mm the network expects; None: use the image's own spacing
     spacing_yx_mm: tuple[float, float] | None = None
-    #: k: the network sees slices z-k..z+k as 2k+1 input channels
+    #: k: the network sees 2k+1 input channels, slice z and k neighbours on each side
     context_slices: int = 0
+    #: distance in mm between neighbouring context channels (interpolated between slices); None: whole slices
+    #: (files written before millimetre context keep that meaning)
+    context_step_mm: float | None = None
+    #: clip HU to the window before in-plane resampling, so that resampling never mixes values a training
+    #: source could not hold (LiTS-derived data stores only [-45, 160] HU): a saturated edge then looks the
+    #: same in every source. False in files written before this option.
+    window_before_resampling: bool = False
     #: probability threshold per label (sigmoid models)
     thresholds: tuple[float, ...] = ()
     #: lesion components smaller than this are removed
@@ -93,6 +101,11 @@ class ModelConfig:
                 raise ValueError("spacing_yx_mm must be two positive numbers or None")
         if self.context_slices < 0:
             raise ValueError("context_slices must be >= 0")
+        if self.context_step_mm is not None:
+            self.context_step_mm = float(self.context_step_mm)
+            if not self.context_step_mm > 0:
+                raise ValueError("context_step_mm must be a positive number of mm or None")
+        self.window_before_resampling = bool(self.window_before_resampling)
 
     @property
     def in_channels(self) -> int:

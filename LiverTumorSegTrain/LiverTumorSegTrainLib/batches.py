@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from LiverTumorSegLib.context import context_positions, context_step_slices, read_context
 from LiverTumorSegLib.labels import LabelSpec
 
 from .cache import CachedCase
@@ -91,8 +92,12 @@ def _window(array: np.ndarray, zs: np.ndarray, y0: int, x0: int, size: tuple[int
 
 
 def build_batch(cases: list[CachedCase], samples: list[Sample], specs: tuple[LabelSpec, ...], context: int,
-                crop: int | None, multiple: int, epoch: int, seed: int, lesion_values: tuple[int, ...] | None = None):
-    """(HU slices, targets, weights) tensors for a batch: (B, 2k+1, S, S), (B, C, S, S), (B,)."""
+                crop: int | None, multiple: int, epoch: int, seed: int, lesion_values: tuple[int, ...] | None = None,
+                context_step_mm: float | None = None):
+    """(HU slices, targets, weights) tensors for a batch: (B, 2k+1, S, S), (B, C, S, S), (B,).
+
+    The context channels come from the pipeline's own ``read_context`` (neighbours ``context_step_mm``
+    apart, interpolated; whole slices when None), so training sees what inference will feed."""
     import torch
 
     if crop is None:  # whole slices, padded to a common size (a multiple of the network's)
@@ -106,8 +111,10 @@ def build_batch(cases: list[CachedCase], samples: list[Sample], specs: tuple[Lab
         case = cases[s.case]
         rng = np.random.default_rng([seed, epoch, s.index, 0xC0])
         y0, x0 = _crop_origin(case, s.z, crop, rng) if crop is not None else (0, 0)
-        zs = np.clip(np.arange(s.z - context, s.z + context + 1), 0, case.image.shape[0] - 1)
-        images.append(_window(case.image, zs, y0, x0, size, AIR_HU))
+        n = case.image.shape[0]
+        positions = context_positions(np.array([s.z]), context, context_step_slices(context_step_mm,
+                                                                                    case.spacing_zyx[0]), n)[0]
+        images.append(read_context(lambda zs: _window(case.image, zs, y0, x0, size, AIR_HU), positions, n))
         targets.append(channel_targets(_window(case.labels, np.array([s.z]), y0, x0, size, 0)[0], specs,
                                        lesion_values))
         weights.append(case.weight)

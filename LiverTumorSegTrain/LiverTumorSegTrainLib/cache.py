@@ -49,17 +49,22 @@ def _file_signature(path: Path | None) -> list:
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def cache_key(case, spacing_mm: float | None, lesion_values: tuple[int, ...]) -> str:
+def cache_key(case, spacing_mm: float | None, lesion_values: tuple[int, ...],
+              clip_hu: tuple[float, float] | None = None) -> str:
     """Hash of the source files and of every setting that changes the cached arrays."""
-    blob = json.dumps({"version": CACHE_VERSION, "case": case.case_id, "kind": case.kind,
-                       "image": _file_signature(case.image_path), "label": _file_signature(case.label_path),
-                       "labels": list(case.label_names), "spacing": spacing_mm, "lesions": list(lesion_values)},
-                      sort_keys=True)
+    settings = {"version": CACHE_VERSION, "case": case.case_id, "kind": case.kind,
+                "image": _file_signature(case.image_path), "label": _file_signature(case.label_path),
+                "labels": list(case.label_names), "spacing": spacing_mm, "lesions": list(lesion_values)}
+    if clip_hu is not None:  # absent otherwise, so caches made before clipping existed stay valid
+        settings["clip_hu"] = [float(v) for v in clip_hu]
+    blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
-def _resample_case(ct, labels, spacing_mm: float | None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Canonical orientation (exact), then in-plane linear resampling exactly as inference does it."""
+def _resample_case(ct, labels, spacing_mm: float | None, clip_hu: tuple[float, float] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Canonical orientation (exact), then in-plane linear resampling exactly as inference does it
+    (clipped to ``clip_hu`` first for models with ``window_before_resampling``)."""
     import SimpleITK as sitk
     import torch
 
@@ -71,7 +76,10 @@ def _resample_case(ct, labels, spacing_mm: float | None) -> tuple[np.ndarray, np
     lab = frame.view(sitk.GetArrayViewFromImage(labels))
     z, h, w = volume.shape
     sz, sy, sx = frame.spacing_zyx
+    lo, hi = (-np.inf, np.inf) if clip_hu is None else (float(clip_hu[0]), float(clip_hu[1]))
     if spacing_mm is None:
+        if clip_hu is not None:
+            volume = np.rint(np.clip(volume, lo, hi))
         return np.ascontiguousarray(volume, dtype=np.int16), np.ascontiguousarray(lab, dtype=np.uint8), (sz, sy, sx)
     size = (resampled_size(h, sy, spacing_mm), resampled_size(w, sx, spacing_mm))
     out_img = np.empty((z,) + size, dtype=np.int16)
@@ -80,6 +88,8 @@ def _resample_case(ct, labels, spacing_mm: float | None) -> tuple[np.ndarray, np
     for z0 in range(0, z, 16):
         with torch.inference_mode():
             slab = torch.from_numpy(np.ascontiguousarray(volume[z0:z0 + 16], dtype=np.float32)).unsqueeze(1)
+            if clip_hu is not None:
+                slab = slab.clamp(lo, hi)
             out_img[z0:z0 + 16] = resize(slab, size)[:, 0].round().clamp(-32768, 32767).short().numpy()
             # labels: linear interpolation of each value's indicator, then the most likely value
             lab_slab = torch.from_numpy(np.ascontiguousarray(lab[z0:z0 + 16], dtype=np.int64))
@@ -115,7 +125,8 @@ def open_cached(folder: Path, weight: float = 1.0) -> CachedCase:
 
 
 def prepare_cases(cases: Iterable, cache_dir: str | Path | None, spacing_mm: float | None,
-                  lesion_values: tuple[int, ...], weight: float = 1.0, progress: bool = True) -> list[CachedCase]:
+                  lesion_values: tuple[int, ...], weight: float = 1.0, progress: bool = True,
+                  clip_hu: tuple[float, float] | None = None) -> list[CachedCase]:
     """Preprocess (once) and open every case; returns memory-mapped cases in input order."""
     from tqdm import tqdm
 
@@ -123,12 +134,12 @@ def prepare_cases(cases: Iterable, cache_dir: str | Path | None, spacing_mm: flo
     cases = list(cases)
     out = []
     for case in tqdm(cases, desc="preprocessing", unit="case", disable=not progress or not cases):
-        folder = cache / f"{case.case_id}-{cache_key(case, spacing_mm, lesion_values)}"
+        folder = cache / f"{case.case_id}-{cache_key(case, spacing_mm, lesion_values, clip_hu)}"
         if not (folder / "meta.json").exists():
             ct, labels = case.load()
             if labels is None:
                 raise ValueError(f"case {case.case_id} has no labels; it cannot be used for training")
-            image, lab, spacing = _resample_case(ct, labels, spacing_mm)
+            image, lab, spacing = _resample_case(ct, labels, spacing_mm, clip_hu)
             lesion = np.isin(lab, lesion_values)
             meta = {"case_id": case.case_id, "spacing_zyx": list(spacing), "shape": list(image.shape),
                     "organ_slices": np.flatnonzero(lab.any(axis=(1, 2))).tolist(),

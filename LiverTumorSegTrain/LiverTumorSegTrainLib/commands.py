@@ -54,6 +54,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--arch", dest="architecture", default=None)
     m.add_argument("--width", dest="base_width", type=int, default=None)
     m.add_argument("--context", dest="context_slices", type=int, default=None, help="k: 2k+1 input slices")
+    m.add_argument("--context-step-mm", type=_spacing, default=argparse.SUPPRESS, metavar="MM",
+                   help="mm between context slices (interpolated), or 'native' to count whole slices")
+    m.add_argument("--window-before-resampling", action="store_true", default=None,
+                   help="clip HU to the window before in-plane resampling (for data stored clipped)")
     m.add_argument("--spacing", dest="spacing_mm", type=_spacing, default=argparse.SUPPRESS,
                    help="in-plane model spacing in mm, or 'native'")
     m.add_argument("--window", dest="window_hu", type=float, nargs=2, default=None, metavar=("LO", "HI"))

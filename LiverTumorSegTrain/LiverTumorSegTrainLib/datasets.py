@@ -20,6 +20,7 @@ Label conventions (values 1..n, names in ``label_names``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -85,6 +86,15 @@ class LabeledCase:
     label_names: tuple[str, ...]  # names of label values 1..n, lower case
     image_path: Path
     label_path: Path | None = None  # None: unlabelled (pseudo-labelling)
+    #: scans of one patient share a group, and a group is never split between training and validation
+    #: (None: the case is its own group)
+    group: str | None = None
+    #: HU range the stored image really holds (values outside it were clipped at the source); None: full range
+    hu_valid: tuple[float, float] | None = None
+
+    @property
+    def patient_group(self) -> str:
+        return self.group or self.case_id
 
     def load(self) -> tuple[sitk.Image, sitk.Image | None]:
         """(ct, labels): the CT as stored (HU) and a uint8 label map with the CT's exact geometry.
@@ -192,8 +202,7 @@ def _unique_ids(cases: list[LabeledCase], root: Path) -> list[LabeledCase]:
         if counts[case.case_id] > 1:
             parent = case.image_path.parent if case.kind != "ircadb" else case.image_path.parent.parent
             rel = "_".join(parent.relative_to(root).parts) if parent != root else "root"
-            case = LabeledCase(f"{rel}_{case.case_id}", case.kind, case.label_names, case.image_path,
-                               case.label_path)
+            case = dataclasses.replace(case, case_id=f"{rel}_{case.case_id}")
         out.append(case)
     ids = [c.case_id for c in out]
     if len(set(ids)) != len(ids):
@@ -219,7 +228,7 @@ def _export_ids(folder: Path) -> tuple[dict[int, str], tuple[str, ...] | None]:
 def _with_export_ids(cases: list[tuple[int, LabeledCase]], ids: dict[int, str]) -> list[LabeledCase]:
     """Use the original ids of an export when ``cases.json`` names every case, uniquely; else file ids."""
     if ids and all(i in ids for i, _ in cases) and len({ids[i] for i, _ in cases}) == len(cases):
-        return [LabeledCase(ids[i], c.kind, c.label_names, c.image_path, c.label_path) for i, c in cases]
+        return [dataclasses.replace(c, case_id=ids[i]) for i, c in cases]
     return [c for _, c in cases]
 
 
@@ -422,26 +431,35 @@ def _load_ircadb(case: LabeledCase) -> tuple[sitk.Image, sitk.Image | None]:
 # ---- npz (shared ircadb01 format) -----------------------------------------------------------------
 
 
-def _npz_keys(path: Path) -> set[str]:
+def _npz_meta(path: Path) -> tuple[set[str], str | None, tuple[float, float] | None]:
+    """(keys, patient group, valid HU range) of an archive; no keys if it cannot be read."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return set(data.files)
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return set()
+            keys = set(data.files)
+            group = str(data["patient_group"]) if "patient_group" in keys else None
+            hu_valid = None
+            if "hu_clip" in keys:
+                lo, hi = (float(v) for v in np.asarray(data["hu_clip"]).ravel()[:2])
+                hu_valid = (lo, hi)
+            return keys, group, hu_valid
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile):
+        return set(), None, None
 
 
 def _find_npz(root: Path, listing, include_unlabelled: bool) -> list[LabeledCase]:
-    """``*.npz`` archives with ``image`` and ``spacing_zyx`` (labelled when they also hold ``label``)."""
+    """``*.npz`` archives with ``image`` and ``spacing_zyx`` (labelled when they also hold ``label``); their
+    ``patient_group`` and ``hu_clip`` (the HU range the archive really holds) are kept with the case."""
     cases = []
     for folder, _, names in listing:
         for name in names:
             if not name.lower().endswith(".npz"):
                 continue
-            keys = _npz_keys(folder / name)
+            keys, group, hu_valid = _npz_meta(folder / name)
             if not _NPZ_KEYS <= keys or ("label" not in keys and not include_unlabelled):
                 continue
             path = folder / name
-            cases.append(LabeledCase(path.stem, "npz", LIVER_TUMOR, path, path if "label" in keys else None))
+            cases.append(LabeledCase(path.stem, "npz", LIVER_TUMOR, path, path if "label" in keys else None,
+                                     group=group, hu_valid=hu_valid))
     cases.sort(key=lambda c: _natural(str(c.image_path.relative_to(root))))
     return cases
 

@@ -75,22 +75,54 @@ def _init_distributed(device_kind: str) -> _Dist:
                  int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def split_cases(case_ids: list[str], cfg: TrainConfig) -> tuple[list[str], list[str]]:
-    """Patient-level, seeded, k-fold split of case ids: never by slice."""
+def split_cases(case_ids: list[str], cfg: TrainConfig, groups: dict[str, str] | None = None
+                ) -> tuple[list[str], list[str]]:
+    """Patient-level, seeded, k-fold split of case ids: never by slice, and never through a patient group.
+
+    ``groups`` maps a case id to its patient group (repeat scans of one patient share one); a case absent
+    from it is its own group, so data without groups splits exactly as before groups existed.
+    """
     ids = sorted(case_ids)
+    group_of = {i: (groups or {}).get(i) or i for i in ids}
     if cfg.val_cases:
         missing = sorted(set(cfg.val_cases) - set(ids))
         if missing:
             raise LiverTumorSegError(f"validation cases not found in the data: {', '.join(missing)}")
         val = set(cfg.val_cases)
+        for i in ids:
+            if i not in val and group_of[i] in {group_of[v] for v in val}:
+                raise LiverTumorSegError(f"case {i} is in patient group {group_of[i]} with a validation case; "
+                                         f"add it to --val-cases too (a patient is never in both sets)")
     elif cfg.folds >= 2:
-        if len(ids) < cfg.folds:
-            raise LiverTumorSegError(f"{len(ids)} cases cannot make {cfg.folds} folds; use --folds {len(ids)} or fewer")
-        order = np.random.default_rng(cfg.split_seed).permutation(len(ids))
-        val = {ids[i] for pos, i in enumerate(order) if pos % cfg.folds == cfg.fold}
+        names = sorted(set(group_of.values()))
+        if len(names) < cfg.folds:
+            raise LiverTumorSegError(f"{len(names)} patient groups cannot make {cfg.folds} folds; "
+                                     f"use --folds {len(names)} or fewer")
+        order = np.random.default_rng(cfg.split_seed).permutation(len(names))
+        val_groups = {names[i] for pos, i in enumerate(order) if pos % cfg.folds == cfg.fold}
+        val = {i for i in ids if group_of[i] in val_groups}
     else:
         val = set()
     return [i for i in ids if i not in val], [i for i in ids if i in val]
+
+
+def check_window_inside_valid_hu(window_hu: tuple[float, float], cases) -> None:
+    """Refuse a window reaching outside the HU range some case really holds.
+
+    A source stored clipped (LiTS-derived data holds only [-45, 160] HU: fat and air both read -45) would
+    otherwise look different from the others wherever the window goes beyond its clip, and "fat reads -45"
+    would tell the network which source a scan came from instead of what is in it.
+    """
+    lo, hi = window_hu
+    for case in cases:
+        if case.hu_valid is None:
+            continue
+        vlo, vhi = case.hu_valid
+        if lo < vlo - 1e-6 or hi > vhi + 1e-6:
+            raise LiverTumorSegError(
+                f"case {case.case_id}: its HU are valid only in [{vlo:g}, {vhi:g}] (clipped at the source), but the "
+                f"model's window is [{lo:g}, {hi:g}]; use a window inside that range, e.g. --window "
+                f"{max(lo, vlo):g} {min(hi, vhi):g}")
 
 
 def validate(model: SegmentationModel, val_data: list[tuple[str, Any, Any]], device: str,
@@ -213,7 +245,8 @@ class Trainer:
         ids = [c.case_id for c in labelled]
         if len(set(ids)) != len(ids):
             raise LiverTumorSegError("case ids repeat across the datasets; give each dataset distinct case names")
-        train_ids, val_ids = split_cases(ids, cfg)
+        train_ids, val_ids = split_cases(ids, cfg, {c.case_id: c.patient_group for c in labelled})
+        check_window_inside_valid_hu(cfg.window_hu, labelled)
         data_specs = label_specs(label_names)
         lesion_values = tuple(s.value for s in data_specs if s.role == "lesion")
         specs = data_specs
@@ -226,13 +259,15 @@ class Trainer:
         self.lesion_values = lesion_values
         by_id = {c.case_id: c for c in labelled}
         pseudo = [c for root in cfg.pseudo for c in find_cases(root, kind="auto")]
+        check_window_inside_valid_hu(cfg.window_hu, pseudo)
+        clip = cfg.window_hu if cfg.window_before_resampling else None
         # rank 0 preprocesses first; the others then open the same cache
         for turn in ([0, 1] if dist.world > 1 else [0]):
             if (turn == 0) == dist.main:
                 cached = prepare_cases([by_id[i] for i in train_ids], cfg.cache_dir, cfg.spacing_mm, lesion_values,
-                                       progress=self.progress and dist.main)
+                                       progress=self.progress and dist.main, clip_hu=clip)
                 cached += prepare_cases(pseudo, cfg.cache_dir, cfg.spacing_mm, lesion_values, weight=cfg.pseudo_weight,
-                                        progress=self.progress and dist.main)
+                                        progress=self.progress and dist.main, clip_hu=clip)
             dist.barrier()
         val_data = []
         if dist.main:
@@ -268,6 +303,7 @@ class Trainer:
             architecture_kwargs={"in_channels": 2 * cfg.context_slices + 1, "out_channels": len(specs),
                                  "base_width": cfg.base_width},
             labels=specs, window_hu=cfg.window_hu, context_slices=cfg.context_slices,
+            context_step_mm=cfg.context_step_mm, window_before_resampling=cfg.window_before_resampling,
             spacing_yx_mm=None if cfg.spacing_mm is None else (cfg.spacing_mm, cfg.spacing_mm), name=cfg.name,
             description=cfg.description,
             provenance={"trainer": "LiverTumorSeg", "config": cfg.to_dict(), "train_cases": train_ids,
@@ -387,7 +423,7 @@ class Trainer:
 
         cfg = self.cfg
         hu, y, w = build_batch(cases, batch, specs, cfg.context_slices, cfg.crop, multiple, epoch, cfg.seed,
-                               self.lesion_values)
+                               self.lesion_values, cfg.context_step_mm)
         x = normalize_hu(hu, net_cfg.window_hu)
         if cfg.augment:
             x, y = augment(x, y, [(cfg.seed, epoch, s.index) for s in batch], cfg.intensity_shift, cfg.intensity_scale)
