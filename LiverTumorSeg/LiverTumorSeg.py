@@ -440,7 +440,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 def reportRows(report: dict) -> list[tuple[str, str]]:
-    """The results table: organ and lesion totals, then one row per lesion."""
+    """The results table: organ and lesion totals, then one row per lesion (most confident first when the
+    report has per-lesion confidence)."""
     if "organ_volume_ml" not in report:
         return [(_("Report"), _("this model has no liver and tumour labels to report on"))] if report else []
     organ, lesion = report.get("organ_name", "Liver"), report.get("lesion_name", "Tumor")
@@ -450,12 +451,16 @@ def reportRows(report: dict) -> list[tuple[str, str]]:
         (_("{lesion} volume").format(lesion=lesion), f"{report['lesion_volume_ml']:.2f} mL"),
         (_("{lesion} burden").format(lesion=lesion), f"{report['lesion_burden_percent']:.2f} %"),
     ]
-    for item in report.get("lesions", []):
+    lesions = report.get("lesions", [])
+    if all("confidence" in item for item in lesions):  # most confident first: a reader checks the tail
+        lesions = sorted(lesions, key=lambda item: -item["confidence"])
+    for item in lesions:
         first, last = item.get("slice_range", ["?", "?"])
-        rows.append((_("{lesion} {number}").format(lesion=lesion, number=item["id"]),
-                     _("{volume:.2f} mL, {diameter:.1f} mm longest axial diameter, slices {first}-{last}").format(
-                         volume=item["volume_ml"], diameter=item["longest_axial_diameter_mm"], first=first,
-                         last=last)))
+        text = _("{volume:.2f} mL, {diameter:.1f} mm longest axial diameter, slices {first}-{last}").format(
+            volume=item["volume_ml"], diameter=item["longest_axial_diameter_mm"], first=first, last=last)
+        if "confidence" in item:
+            text += _(", confidence {confidence:.2f}").format(confidence=item["confidence"])
+        rows.append((_("{lesion} {number}").format(lesion=lesion, number=item["id"]), text))
     return rows
 
 

@@ -55,6 +55,8 @@ def test_segment_files_writes_labels_seg_nrrd_and_report(tmp_path, oracle_file):
     diam = sorted(l["longest_axial_diameter_mm"] for l in report["lesions"])
     assert diam[0] == pytest.approx(14.0, abs=3.5) and diam[1] == pytest.approx(22.0, abs=3.5)
     assert report["model"]["name"] == "oracle" and report["run"]["device"] == "cpu"
+    for lesion in report["lesions"]:  # the oracle is certain inside its lesions
+        assert 0.99 <= lesion["confidence"] <= lesion["peak_probability"] <= 1.0
 
 
 def test_batch_of_folder_with_dicom_bad_cases_and_no_overwrite(tmp_path, oracle_file, capsys):

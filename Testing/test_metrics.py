@@ -26,12 +26,12 @@ from LiverTumorSegLib.segfile import write_seg_nrrd
 from LiverTumorSegTrainLib.evaluate import add_parser, case_id, evaluate_folders, match_cases
 from LiverTumorSegTrainLib.metrics import (
     GridMismatchError,
-    aggregate,
     case_metrics,
     lesion_detection,
     overlap,
     surface_distances,
 )
+from LiverTumorSegTrainLib.summary import aggregate, aggregate_groups, targets_markdown
 
 ANISO = (2.5, 0.8, 0.7)  # (z, y, x) mm
 PHANTOM_SPACING = (3.0, 2.6, 2.4)  # a field of view where 26 mm lesions fit unshrunk
@@ -464,6 +464,40 @@ def test_aggregate_pools_global_dice_and_follows_lits_conventions(phantom_pair):
         case0 = per_case[0]["lesions"]["lesions"]
         hits = sum(lesion["size"] == c and lesion["detected"][">0.5"] for lesion in case0) + 1
         assert les["by_size"][c][">0.5"] == {"detected": hits, "recall": pytest.approx(hits / 2)}
+
+
+def test_what_users_see_organ_outside_the_liver_false_lesions_and_tumour_outside_the_predicted_liver():
+    """A 'spleen' labelled liver (with a 'tumour' in it) next to a correct liver: the organ volume outside the
+    reference, the tumour outside the predicted liver, false lesions per scan and recall of lesions >= 10 mm."""
+    spacing = (2.0, 1.0, 1.0)
+    ref = np.zeros((20, 60, 80), np.uint8)
+    ref[2:18, 5:45, 5:40] = 1
+    ref[8:14, 15:30, 15:30] = 2  # 12 x 15 x 15 mm: >= 10 mm
+    ref[4, 10:12, 10:12] = 2  # 2 x 2 x 2 mm: small, missed
+    pred = ref.copy()
+    pred[4, 10:12, 10:12] = 1
+    pred[5:10, 10:30, 50:70] = 1  # a second organ: 5 x 20 x 20 voxels = 4 mL of "liver" that is not liver
+    pred[6:8, 15:20, 55:60] = 2  # a "tumour" in it: outside the predicted liver (its largest component)
+    pred[3, 40:42, 30:32] = 2  # a false lesion inside the liver
+    case = {"case": "a", **case_metrics(_image(pred, spacing), _image(ref, spacing))}
+    assert case["tumor_outside_pred_liver_ml"] == pytest.approx(2 * 5 * 5 * 2 / 1000)
+    free = {"case": "b", **case_metrics(_image(ref == 1, spacing), _image(ref == 1, spacing))}  # tumour-free
+    agg = aggregate([case, free])
+    assert agg["structures"]["liver"]["outside_ref_ml"]["max"] == pytest.approx(5 * 20 * 20 * 2 / 1000)
+    assert agg["structures"]["liver"]["outside_ref_ml"]["min"] == 0
+    tumor = agg["structures"]["tumor"]
+    assert tumor["dice_per_case_with_ref"] == pytest.approx(case["structures"]["tumor"]["dice"])
+    assert tumor["dice_per_case"] == pytest.approx((case["structures"]["tumor"]["dice"] + 1) / 2)
+    les = agg["lesions"]
+    assert les["recall_10mm_plus"] == {"n": 1, ">0": 1.0, ">0.5": 1.0}
+    assert les[">0"]["recall"] == 0.5
+    assert (les["false_per_scan"]["max"], les["false_per_scan"]["median"]) == (2, 1)
+    assert agg["tumor_outside_pred_liver_ml"]["total"] == pytest.approx(0.1)
+
+    by_group = aggregate_groups([case, free], {"a": "source-1", "b": "source-2"})
+    assert list(by_group) == ["source-1", "source-2"] and by_group["source-2"]["n_cases"] == 1
+    table = targets_markdown({"all": agg, **by_group}).splitlines()
+    assert len(table) == 5 and table[2].startswith("| all | 2 | ") and table[4].startswith("| source-2 | 1 | 1.000 |")
 
 
 def test_aggregate_of_empty_masks_only():

@@ -167,6 +167,29 @@ def test_postprocessing_keeps_largest_liver_fills_holes_and_filters_lesions(smal
     assert np.array_equal(got > 0, t > 0)  # removed lesions stay liver
 
 
+def test_lesions_carry_their_mean_probability_and_a_keep_threshold_drops_unconfident_ones(small_phantom):
+    """The oracle's tumour probability is sigmoid(HU - 140): a lesion at 142 HU has confidence 0.88, one at
+    180 HU 1.0. The report shows each lesion's confidence; a keep-threshold of 0.95 removes the first only."""
+    from LiverTumorSegLib.report import segmentation_report
+
+    ct, truth = small_phantom
+    t = sitk.GetArrayFromImage(truth)
+    lesions = _components(t == 2)
+    hu = sitk.GetArrayFromImage(encode_labels(ct, truth)).astype(np.int16)
+    hu[lesions[0]] = 142
+    image = _like(hu, truth)
+    result = run_segmentation(image, oracle_model(), device="cpu")
+    report = segmentation_report(result)
+    by_size = {round(les["volume_ml"] * 1000 / np.prod(ct.GetSpacing())): les for les in report["lesions"]}
+    weak, strong = by_size[np.count_nonzero(lesions[0])], by_size[np.count_nonzero(lesions[1])]
+    assert weak["confidence"] == pytest.approx(1 / (1 + np.exp(-2)), abs=0.01)
+    assert strong["confidence"] == pytest.approx(1.0, abs=0.005)
+    kept = sitk.GetArrayFromImage(run_segmentation(image, oracle_model(), device="cpu",
+                                                   min_lesion_confidence=0.95).labels)
+    np.testing.assert_array_equal(kept == 2, lesions[1])
+    assert np.array_equal(kept > 0, t > 0)  # a dropped lesion stays liver
+
+
 def _like(array, ref):
     img = sitk.GetImageFromArray(array)
     img.CopyInformation(ref)

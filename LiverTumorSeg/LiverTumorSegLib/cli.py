@@ -48,19 +48,10 @@ def output_paths(outdir: Path, case_id: str) -> dict[str, Path]:
 
 def case_report(result, case_id: str, source: str, paths: dict[str, Path]) -> dict:
     """The per-case JSON report: volumes and lesions in physical units, model and timing."""
-    from .report import lesion_report
+    from .report import segmentation_report
 
-    cfg = result.model.config
-    organ = next((lab for lab in cfg.labels if lab.role == "organ"), None)
-    lesion = next((lab for lab in cfg.labels if lab.role == "lesion"), None)
     report = {"case": case_id, "input": source, "outputs": {k: str(v) for k, v in paths.items()},
-              "labels": {lab.name: lab.value for lab in cfg.labels}}
-    if organ is not None and lesion is not None:
-        report.update(lesion_report(result.labels, organ_value=organ.value, lesion_value=lesion.value,
-                                    organ_name=organ.name, lesion_name=lesion.name))
-    report["model"] = {"name": cfg.name, "file": result.model.source, "architecture": cfg.architecture,
-                       "provenance": cfg.provenance}
-    report["run"] = result.summary()
+              **segmentation_report(result)}
     report["livertumorseg_version"] = __version__
     return report
 
@@ -117,7 +108,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     image, model, device=args.device, batch_size=args.batch_size, precision=args.precision,
                     progress=progress, allow_non_ct=args.allow_non_ct, modality=modality,
                     min_lesion_mm3=args.min_lesion_mm3, thresholds=args.thresholds, region=args.region,
-                    keep_labels=args.keep, use_localizer=args.use_localizer)
+                    keep_labels=args.keep, use_localizer=args.use_localizer,
+                    min_lesion_confidence=args.min_lesion_confidence)
             _emit(args, "stage", case=case.case_id, stage="writing")
             t = time.perf_counter()
             write_image_atomic(result.labels, paths["labels"], overwrite=args.overwrite)
@@ -231,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability threshold per label (default: the model's)")
     s.add_argument("--min-lesion-mm3", type=float, default=None, metavar="MM3",
                    help="remove lesions smaller than this (default: the model's)")
+    s.add_argument("--min-lesion-confidence", type=float, default=None, metavar="P",
+                   help="remove lesions whose mean probability is below P, 0..1 (default: the model's; "
+                        "each lesion's confidence is in the report)")
     s.add_argument("--keep", type=lambda t: [v for v in t.split(",") if v], default=None, metavar="LABEL,...",
                    help="output only these labels, e.g. Liver (tumour then counts as liver)")
     s.add_argument("--region", type=int, nargs=6, default=None, metavar=("I0", "I1", "J0", "J1", "K0", "K1"),

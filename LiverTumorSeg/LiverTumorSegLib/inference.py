@@ -240,15 +240,18 @@ def _run_batches(model: SegmentationModel, volume: np.ndarray, plan: InferencePl
 def predict_bits(model: SegmentationModel, volume: np.ndarray,
                  targets: Sequence[tuple[np.ndarray, tuple[float, ...] | None]], plan: InferencePlan,
                  progress: ProgressCallback | None = None, z_range: tuple[int, int] | None = None,
-                 box: Box | None = None) -> InferencePlan:
+                 box: Box | None = None, probability_outs: Sequence[tuple[int, np.ndarray]] = ()) -> InferencePlan:
     """Fill each ``(out, thresholds)`` target (canonical uint8 view, Z x H x W; ``None`` = the model's
     thresholds) with the thresholded channel bits of slices ``z_range``, all from one network pass.
 
     Several targets let threshold calibration try every candidate for the price of one inference.
     ``box`` restricts the network to a crop of the model grid (coarse-to-fine); outside it, and outside
-    ``z_range``, the outputs are left as they are. Returns the plan as finally run (device and batch size
-    may have changed after an out-of-memory error).
+    ``z_range``, the outputs are left as they are. ``probability_outs`` = ``(label index, out)`` pairs also
+    receive that label's probability (0..255 in uint8 views like the targets): per-lesion confidence.
+    Returns the plan as finally run (device and batch size may have changed after an out-of-memory error).
     """
+    import torch
+
     targets = [(out, tuple(thresholds or model.config.thresholds)) for out, thresholds in targets]
     h, w = volume.shape[1:]
     crop = plan.model_size_yx if box is None else (box[0].stop - box[0].start, box[1].stop - box[1].start)
@@ -258,6 +261,10 @@ def predict_bits(model: SegmentationModel, volume: np.ndarray,
         probs = resize(probabilities(logits, model, crop, plan, box), (h, w))
         for out, thresholds in targets:
             out[int(z[0]):int(z[-1]) + 1] = threshold_bits(probs, model, thresholds).cpu().numpy()
+        first = 1 if model.config.output_activation == "softmax" else 0  # softmax channel 0 is background
+        for label_index, out in probability_outs:
+            p = probs[:, first + label_index] * 255.0
+            out[int(z[0]):int(z[-1]) + 1] = p.round_().to(torch.uint8).cpu().numpy()
 
     return _run_batches(model, volume, plan, np.arange(z0, z1), consume, box, progress)
 

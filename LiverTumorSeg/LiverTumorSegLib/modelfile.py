@@ -61,6 +61,8 @@ class ModelConfig:
     thresholds: tuple[float, ...] = ()
     #: lesion components smaller than this are removed
     min_lesion_mm3: float = 10.0
+    #: lesion components whose mean probability is below this are removed (0: keep all)
+    min_lesion_confidence: float = 0.0
     #: lesions are kept only inside the organ dilated by this margin
     organ_margin_mm: float = 3.0
     #: height and width given to the network are padded to a multiple of this
@@ -106,6 +108,9 @@ class ModelConfig:
             if not self.context_step_mm > 0:
                 raise ValueError("context_step_mm must be a positive number of mm or None")
         self.window_before_resampling = bool(self.window_before_resampling)
+        self.min_lesion_confidence = float(self.min_lesion_confidence)
+        if not 0.0 <= self.min_lesion_confidence < 1.0:
+            raise ValueError("min_lesion_confidence must be in [0, 1)")
 
     @property
     def in_channels(self) -> int:

@@ -38,6 +38,8 @@ class SegmentationResult:
     model: SegmentationModel
     plan: InferencePlan
     seconds: dict[str, float] = field(default_factory=dict)
+    #: per lesion label name: its probability on the input grid (uint8, 0..255 = 0..1), for per-lesion confidence
+    lesion_probability: dict[str, "SimpleITK.Image"] = field(default_factory=dict)  # noqa: F821
 
     def summary(self) -> dict[str, Any]:
         return {"device": str(self.plan.device), "precision": self.plan.precision,
@@ -52,17 +54,18 @@ def run_segmentation(image, model: SegmentationModel | str | os.PathLike, device
                      min_lesion_mm3: float | None = None, organ_margin_mm: float | None = None,
                      allow_non_ct: bool = False, modality: str | None = None,
                      region: IndexBox | None = None, keep_labels: Sequence[str] | None = None,
-                     use_localizer: bool = True) -> SegmentationResult:
+                     use_localizer: bool = True, min_lesion_confidence: float | None = None) -> SegmentationResult:
     """Segment a CT volume; see ``segment``. Also returns the plan that ran and stage timings."""
     if region is not None:
         return _segment_region(image, region, model, device=device, batch_size=batch_size, precision=precision,
                                progress=progress, thresholds=thresholds, min_lesion_mm3=min_lesion_mm3,
                                organ_margin_mm=organ_margin_mm, allow_non_ct=allow_non_ct, modality=modality,
-                               keep_labels=keep_labels, use_localizer=use_localizer)
+                               keep_labels=keep_labels, use_localizer=use_localizer,
+                               min_lesion_confidence=min_lesion_confidence)
     return _segment_volume(image, model, [thresholds], device=device, batch_size=batch_size, precision=precision,
                            progress=progress, min_lesion_mm3=min_lesion_mm3, organ_margin_mm=organ_margin_mm,
                            allow_non_ct=allow_non_ct, modality=modality, keep_labels=keep_labels,
-                           use_localizer=use_localizer)[0]
+                           use_localizer=use_localizer, min_lesion_confidence=min_lesion_confidence)[0]
 
 
 def segment_at_thresholds(image, model: SegmentationModel, threshold_sets: Sequence[tuple[float, ...] | None],
@@ -78,7 +81,8 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
                     batch_size: int | None = None, precision: str = "auto",
                     progress: ProgressCallback | None = None, min_lesion_mm3: float | None = None,
                     organ_margin_mm: float | None = None, allow_non_ct: bool = False, modality: str | None = None,
-                    keep_labels: Sequence[str] | None = None, use_localizer: bool = True) -> list[SegmentationResult]:
+                    keep_labels: Sequence[str] | None = None, use_localizer: bool = True,
+                    min_lesion_confidence: float | None = None) -> list[SegmentationResult]:
     import SimpleITK as sitk
 
     from .environment import configure_threads, resolve_device
@@ -117,7 +121,11 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
     def fine_progress(done: int, total: int):
         return None if progress is None else progress(done_before + done, done_before + total)
 
-    plan = predict_bits(model, volume, list(zip(outs_canonical, threshold_sets)), plan, fine_progress, z_range, box)
+    lesion_indices = [i for i, lab in enumerate(cfg.labels) if lab.role == "lesion"]
+    probs = {i: np.zeros(shape, dtype=np.uint8) for i in lesion_indices}  # pages are only touched where written
+    probs_canonical = {i: frame.view(p) for i, p in probs.items()}
+    plan = predict_bits(model, volume, list(zip(outs_canonical, threshold_sets)), plan, fine_progress, z_range, box,
+                        probability_outs=list(probs_canonical.items()))
     plan.region = None if z_range is None else {
         "slices": list(z_range), "box_yx": None if box is None else [[box[0].start, box[0].stop],
                                                                     [box[1].start, box[1].stop]]}
@@ -129,16 +137,22 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
         out, out_canonical = outs.pop(0), outs_canonical.pop(0)
         finalize_labels(out_canonical, cfg.labels, frame.spacing_zyx,
                         cfg.min_lesion_mm3 if min_lesion_mm3 is None else min_lesion_mm3,
-                        cfg.organ_margin_mm if organ_margin_mm is None else organ_margin_mm)
+                        cfg.organ_margin_mm if organ_margin_mm is None else organ_margin_mm,
+                        cfg.min_lesion_confidence if min_lesion_confidence is None else min_lesion_confidence,
+                        probs_canonical)
         if keep_labels is not None:
             _keep_only(out, cfg.labels, keep_labels)
         labels = sitk.GetImageFromArray(out)
         del out, out_canonical
         labels.CopyInformation(image)
         label_maps.append(labels)
+    probability_images = {}
+    for i in lesion_indices:
+        probability_images[cfg.labels[i].name] = sitk.GetImageFromArray(probs.pop(i))
+        probability_images[cfg.labels[i].name].CopyInformation(image)
     seconds["postprocess"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
-    return [SegmentationResult(labels, model, plan, seconds) for labels in label_maps]
+    return [SegmentationResult(labels, model, plan, seconds, probability_images) for labels in label_maps]
 
 
 @dataclass
@@ -226,6 +240,8 @@ def _segment_region(image, region: IndexBox, model, **options: Any) -> Segmentat
     full = sitk.Image(size, sitk.sitkUInt8)
     full.CopyInformation(image)
     result.labels = sitk.Paste(full, result.labels, extent, [0, 0, 0], start)
+    result.lesion_probability = {name: sitk.Paste(full, p, extent, [0, 0, 0], start)
+                                 for name, p in result.lesion_probability.items()}
     return result
 
 
@@ -236,7 +252,7 @@ def segment(image, model: SegmentationModel | str | os.PathLike, device: str = "
     Returns a uint8 label map with the input's size, spacing, origin and direction (values from the
     model's labels: 0 background, 1 liver, 2 tumor for the liver models). ``progress(done, total)``
     is called after every batch of slices; returning False cancels. Options: ``thresholds``,
-    ``min_lesion_mm3``, ``organ_margin_mm`` override the model file's values; ``allow_non_ct``
+    ``min_lesion_mm3``, ``min_lesion_confidence``, ``organ_margin_mm`` override the model file's values; ``allow_non_ct``
     skips the CT plausibility check; ``modality`` is the DICOM modality when known; ``region``
     = ((i0, i1), (j0, j1), (k0, k1)) restricts the work to that index box (an ROI or slice range);
     ``keep_labels`` = names of the labels to output (e.g. ["Liver"]: tumour counted as liver).

@@ -109,11 +109,37 @@ def remove_small_components(mask: np.ndarray, spacing_zyx: tuple[float, float, f
     return keep[sitk.GetArrayViewFromImage(cc)]
 
 
+def component_confidence(mask: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(26-connected components of ``mask`` as an int array, mean probability of each component (index =
+    component label; ``probability`` in 0..255 as the pipeline stores it, the result in 0..1))."""
+    import SimpleITK as sitk
+
+    cc = sitk.ConnectedComponent(_as_image(mask), True)
+    comp = sitk.GetArrayFromImage(cc)
+    counts = np.bincount(comp.ravel())
+    sums = np.bincount(comp.ravel(), weights=np.asarray(probability, dtype=np.float64).ravel(), minlength=counts.size)
+    return comp, np.divide(sums, 255.0 * counts, out=np.zeros(counts.size), where=counts > 0)
+
+
+def remove_unconfident_components(mask: np.ndarray, probability: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Drop components whose mean probability is below ``min_confidence``: a lesion's confidence is what the
+    network says of all of it, and a reader sees the same number next to each lesion in the report."""
+    if min_confidence <= 0 or not mask.any():
+        return mask
+    comp, confidence = component_confidence(mask, probability)
+    keep = confidence >= min_confidence
+    keep[0] = False
+    return keep[comp]
+
+
 def finalize_labels(bits: np.ndarray, labels: tuple[LabelSpec, ...], spacing_zyx: tuple[float, float, float],
-                    min_lesion_mm3: float, organ_margin_mm: float) -> None:
+                    min_lesion_mm3: float, organ_margin_mm: float, min_lesion_confidence: float = 0.0,
+                    lesion_probability: dict[int, np.ndarray] | None = None) -> None:
     """Turn ``bits`` (bit i set where label i was predicted) into label values, in place.
 
-    Where labels overlap the later one wins (the authors' channels are nested: liver ⊇ tumour).
+    Where labels overlap the later one wins (the authors' channels are nested: liver ⊇ tumour). With
+    ``lesion_probability`` (label index -> 0..255 map on the same grid), lesion components whose mean
+    probability is below ``min_lesion_confidence`` are dropped too.
     """
     organ_bits = [i for i, lab in enumerate(labels) if lab.role == "organ"]
     lesion_bits = [i for i, lab in enumerate(labels) if lab.role == "lesion"]
@@ -155,8 +181,10 @@ def finalize_labels(bits: np.ndarray, labels: tuple[LabelSpec, ...], spacing_zyx
                 processed[i] = None
                 continue
             crop = _select(bits, box, 1 << i)
-        processed[i] = CropMask(remove_small_components(crop, spacing_zyx, min_lesion_mm3),
-                                tuple(s.start for s in box))
+        crop = remove_small_components(crop, spacing_zyx, min_lesion_mm3)
+        if lesion_probability is not None and i in lesion_probability:
+            crop = remove_unconfident_components(crop, lesion_probability[i][box], min_lesion_confidence)
+        processed[i] = CropMask(crop, tuple(s.start for s in box))
 
     _paint(bits, labels, processed)
 

@@ -81,7 +81,7 @@ def _longest_axial_diameter(mask: np.ndarray, axial_np_axis: int, plane_spacing:
 
 
 def lesion_report(labels: sitk.Image, organ_value: int = 1, lesion_value: int = 2, lesion_name: str = "Tumor",
-                  organ_name: str = "Liver") -> dict:
+                  organ_name: str = "Liver", lesion_probability: sitk.Image | None = None) -> dict:
     """Organ volume, lesion burden and per-lesion measurements of a label map, as a JSON-ready dict.
 
     Why: the numbers a reader of a liver CT wants next to the segmentation (how many tumours, how big,
@@ -93,7 +93,9 @@ def lesion_report(labels: sitk.Image, organ_value: int = 1, lesion_value: int = 
     volume, 0 for an empty organ), ``slice_axis`` (ITK index axis of the axial slices, see below) and
     ``lesions``, sorted by volume, largest first, each with ``id`` (1..n in that order), ``voxel_count``,
     ``volume_ml``, ``longest_axial_diameter_mm``, ``centroid_lps_mm`` (mean voxel position, physical LPS)
-    and ``slice_range`` ([first, last] index along ``slice_axis``).
+    and ``slice_range`` ([first, last] index along ``slice_axis``). With ``lesion_probability`` (the pipeline's
+    uint8 map, 0..255 = 0..1, on the same grid) each lesion also has ``confidence`` (its mean probability: what
+    a keep-threshold acts on, and what the module's lesion table sorts by) and ``peak_probability``.
 
     Lesions are 3-D 26-connected components of ``lesion_value``. Axial slices are the slices along the
     index axis most aligned with physical S (argmax |direction[2, :]|); the diameter is the largest
@@ -123,6 +125,7 @@ def lesion_report(labels: sitk.Image, organ_value: int = 1, lesion_value: int = 
         stats.ComputeOrientedBoundingBoxOff()
         stats.Execute(components)  # crop geometry is the identity: centroids come out in index units
         comp_arr = sitk.GetArrayViewFromImage(components)
+        prob_arr = None if lesion_probability is None else sitk.GetArrayViewFromImage(lesion_probability)[box]
 
         axial = _axial_axis(labels)
         axial_np = 2 - axial
@@ -137,6 +140,11 @@ def lesion_report(labels: sitk.Image, organ_value: int = 1, lesion_value: int = 
             start_itk = (x0 + offset_itk[0], y0 + offset_itk[1], z0 + offset_itk[2])
             size_itk = (sx, sy, sz)
             centroid_index = [c + o for c, o in zip(stats.GetCentroid(label), offset_itk)]
+            confidence = {}
+            if prob_arr is not None:
+                p = prob_arr[z0:z0 + sz, y0:y0 + sy, x0:x0 + sx][lesion_mask]
+                confidence = {"confidence": round(float(p.mean()) / 255.0, 4),
+                              "peak_probability": round(float(p.max()) / 255.0, 4)}
             found.append({
                 "voxel_count": count,
                 "volume_ml": count * voxel_ml,
@@ -144,6 +152,7 @@ def lesion_report(labels: sitk.Image, organ_value: int = 1, lesion_value: int = 
                 "centroid_lps_mm": [float(v) for v in
                                     labels.TransformContinuousIndexToPhysicalPoint(centroid_index)],
                 "slice_range": [int(start_itk[axial]), int(start_itk[axial] + size_itk[axial] - 1)],
+                **confidence,
                 "_order": (-count, start_itk[::-1]),
             })
             lesion_voxels += count
@@ -165,3 +174,20 @@ def lesion_report(labels: sitk.Image, organ_value: int = 1, lesion_value: int = 
         "slice_axis": _axial_axis(labels),
         "lesions": lesions,
     }
+
+
+def segmentation_report(result) -> dict:
+    """The report of a pipeline run (``pipeline.SegmentationResult``): label values, organ and lesions with
+    their confidence, the model and what ran. The CLI and the Slicer module's job both write this one."""
+    cfg = result.model.config
+    report: dict = {"labels": {lab.name: lab.value for lab in cfg.labels}}
+    organ = next((lab for lab in cfg.labels if lab.role == "organ"), None)
+    lesion = next((lab for lab in cfg.labels if lab.role == "lesion"), None)
+    if organ is not None and lesion is not None:
+        report.update(lesion_report(result.labels, organ_value=organ.value, lesion_value=lesion.value,
+                                    organ_name=organ.name, lesion_name=lesion.name,
+                                    lesion_probability=result.lesion_probability.get(lesion.name)))
+    report["model"] = {"name": cfg.name, "file": result.model.source, "architecture": cfg.architecture,
+                       "provenance": cfg.provenance}
+    report["run"] = result.summary()
+    return report

@@ -466,7 +466,7 @@ def runInProcess(image, modelFile: str | os.PathLike, device: str = "auto",
     """
     from LiverTumorSegLib.errors import SegmentationCancelled
     from LiverTumorSegLib.pipeline import run_segmentation
-    from LiverTumorSegLib.report import lesion_report
+    from LiverTumorSegLib.report import segmentation_report
 
     from .segments import SegmentSpec
 
@@ -493,14 +493,7 @@ def runInProcess(image, modelFile: str | os.PathLike, device: str = "auto",
     labels = result.model.config.labels
     specs = [SegmentSpec(lab.name, int(lab.value), tuple(int(c) for c in lab.color), lab.terminology)
              for lab in labels]
-    report: dict[str, Any] = {"labels": {lab.name: lab.value for lab in labels}}
-    organ = next((lab for lab in labels if lab.role == "organ"), None)
-    lesion = next((lab for lab in labels if lab.role == "lesion"), None)
-    if organ is not None and lesion is not None:
-        report.update(lesion_report(result.labels, organ_value=organ.value, lesion_value=lesion.value,
-                                    organ_name=organ.name, lesion_name=lesion.name))
-    report["model"] = {"name": result.model.config.name, "file": str(modelFile)}
-    report["run"] = result.summary()
+    report: dict[str, Any] = segmentation_report(result)
     emit({"event": "done", "outputs": {}})
     return result.labels, specs, report
 

@@ -51,7 +51,10 @@ def run_crossval(args: argparse.Namespace) -> dict:
         print(f"fold {k + 1}/{folds}: training in {run}", flush=True)
         train(cfg, resume=fold_args.resume, progress=not args.quiet)
 
-    cases = {c.case_id: c for root in args.data for c in find_cases(root, kind=args.kind or "auto")}
+    cases, sources = {}, {}
+    for root in args.data:
+        for c in find_cases(root, kind=args.kind or "auto"):
+            cases[c.case_id], sources[c.case_id] = c, Path(root).resolve().name
     preds, refs = out / "predictions", out / "references"
     for k in range(folds):
         model = load_model(out / f"fold{k}" / MODEL)
@@ -63,7 +66,9 @@ def run_crossval(args: argparse.Namespace) -> dict:
             write_image_atomic(segment(ct, model, device=args.device or "auto"), pred_path, overwrite=True)
             write_image_atomic(ref, refs / f"{case_id}.nii.gz", overwrite=True)
             print(f"fold {k + 1}: segmented {case_id}", flush=True)
-    report = evaluate_folders(preds, refs, out / "crossval", overwrite=True, progress=not args.quiet)
+    several = len(set(sources.values())) > 1  # a table per source beside the totals
+    report = evaluate_folders(preds, refs, out / "crossval", overwrite=True, progress=not args.quiet,
+                              groups=sources if several else None)
     print(report["markdown"])
     return report
 

@@ -31,10 +31,10 @@ from .metrics import (
     OVERLAP_METRICS,
     SIZE_CLASSES,
     SURFACE_METRICS,
-    aggregate,
     case_metrics,
     threshold_key,
 )
+from .summary import aggregate, aggregate_groups, targets_markdown
 
 log = logging.getLogger("livertumorseg")
 
@@ -305,7 +305,7 @@ def report_paths(output: str | Path) -> dict[str, Path]:
 
 def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, output: str | Path | None,
                      structures: Mapping[str, Sequence[int]] | None = None, overwrite: bool = False,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, groups: Mapping[str, str] | None = None) -> dict:
     """Evaluate every matched case, aggregate, and write ``<output>.csv/.md/.json`` (unless output is None).
 
     A case that cannot be evaluated (unreadable file, different grids, ...) is recorded in
@@ -313,7 +313,11 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, output: str | Pa
     still count. Existing reports are never replaced unless ``overwrite`` is true, and that is checked
     before any computation so that a long evaluation does not end in a refusal.
 
-    Returns :func:`metrics.aggregate`'s dict plus ``failures`` (list) and ``markdown`` (the summary text).
+    ``groups`` (case id -> group, e.g. the data source) adds the same aggregate per group (``by_group``)
+    and a row per group in the targets table.
+
+    Returns :func:`summary.aggregate`'s dict plus ``by_group``, ``failures`` (list) and ``markdown`` (the
+    summary text).
     The JSON report holds everything: inputs, structures, per-case metrics with per-lesion details,
     failures and the aggregate (NaN written as null).
     """
@@ -343,16 +347,19 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, output: str | Pa
         failures.append({"case": cid, "prediction": str(pred_path), "reference": str(ref_path), "error": reason})
 
     agg = aggregate(cases)
+    by_group = aggregate_groups(cases, groups or {})
     summary = markdown_summary(agg, failures)
+    if cases:
+        summary += "\n## What users see\n\n" + targets_markdown({"all": agg, **by_group})
     if paths:
         report = {"livertumorseg_version": __version__, "prediction": str(pred_dir), "reference": str(ref_dir),
                   "structures": {k: list(v) for k, v in structures.items()},
-                  "detection_thresholds": list(DETECTION_THRESHOLDS), "aggregate": agg, "cases": cases,
-                  "failures": failures}
+                  "detection_thresholds": list(DETECTION_THRESHOLDS), "aggregate": agg, "by_group": by_group,
+                  "cases": cases, "failures": failures}
         write_text_atomic(paths["csv"], _csv_text(cases, failures), overwrite)
         write_text_atomic(paths["md"], summary + _per_case_markdown(cases), overwrite)
         write_json_atomic(paths["json"], _clean(report), overwrite=overwrite)
-    return {**agg, "failures": failures, "markdown": summary}
+    return {**agg, "by_group": by_group, "failures": failures, "markdown": summary}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,12 +382,26 @@ def _error(message: str) -> None:
     print("livertumorseg: error: " + " ".join(str(message).split()), file=sys.stderr)
 
 
+def _read_groups(path: str) -> dict[str, str]:
+    import json
+
+    try:
+        groups = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EvaluationError(f"cannot read the groups file {path} ({e}); give a JSON object "
+                              f"{{\"case id\": \"group\"}}") from None
+    if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
+        raise EvaluationError(f"{path} must hold a JSON object mapping case ids to group names")
+    return {str(k): v for k, v in groups.items()}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print the Markdown summary; exit 0, 1 if any case failed, 2 for bad input (nothing to compare...)."""
     structures = dict(args.structure) if args.structure else None
     try:
+        groups = _read_groups(args.groups) if args.groups else None
         result = evaluate_folders(args.pred, args.ref, args.output, structures=structures,
-                                  overwrite=args.overwrite, progress=not args.quiet)
+                                  overwrite=args.overwrite, progress=not args.quiet, groups=groups)
     except LiverTumorSegError as e:
         _error(str(e))
         return 2
@@ -402,6 +423,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--structure", type=_structure, action="append", metavar="NAME=V1[,V2...]",
                    help="structure to evaluate and its label values (repeatable; default liver=1,2 tumor=2; "
                         "lesion detection runs on the structure named 'tumor')")
+    e.add_argument("--groups", metavar="FILE.json", default=None,
+                   help="JSON object mapping case ids to groups (e.g. data sources): adds a summary row per group")
     e.add_argument("--overwrite", action="store_true", help="replace existing reports")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)

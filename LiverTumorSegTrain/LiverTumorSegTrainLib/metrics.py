@@ -32,7 +32,6 @@ __all__ = [
     "OVERLAP_METRICS",
     "SIZE_CLASSES",
     "SURFACE_METRICS",
-    "aggregate",
     "case_metrics",
     "check_same_grid",
     "equivalent_diameter_mm",
@@ -406,90 +405,19 @@ def case_metrics(pred: sitk.Image, ref: sitk.Image,
             # Equal-volume lesions: order by physical position, the same for every orientation.
             det["lesions"].sort(key=lambda les: (-les["n_voxels"], *np.round(les["centroid_lps_mm"], 6)))
             out["lesions"] = det
+    if "liver" in structures and "tumor" in structures:
+        organ = _largest_component_filled(np.isin(pc, [int(v) for v in structures["liver"]]))
+        outside = np.count_nonzero(np.isin(pc, [int(v) for v in structures["tumor"]]) & ~organ)
+        out["tumor_outside_pred_liver_ml"] = outside * float(np.prod(spacing)) / 1000.0
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# Aggregation over cases
-# --------------------------------------------------------------------------------------------------
-
-
-def _summary(values: Sequence[float]) -> dict:
-    """Mean, median, sample SD (ddof 1; 0 for one value), count; NaNs left out and counted."""
-    arr = np.asarray(values, dtype=float)
-    finite = arr[~np.isnan(arr)]
-    n = int(finite.size)
+def _largest_component_filled(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component with its cavities filled: "the predicted liver" as the pipeline's
+    post-processing defines it, so that tumour outside it (outside the organ, or in a second blob) can be counted."""
+    lab, n = ndimage.label(mask, structure=_SIX_CONNECTED)
     if n == 0:
-        return {"mean": math.nan, "median": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan,
-                "n": 0, "n_excluded": int(arr.size)}
-    return {"mean": float(finite.mean()), "median": float(np.median(finite)),
-            "sd": float(finite.std(ddof=1)) if n > 1 else 0.0, "min": float(finite.min()),
-            "max": float(finite.max()), "n": n, "n_excluded": int(arr.size - n)}
-
-
-def _ratio(num: float, den: float) -> float:
-    return num / den if den else math.nan
-
-
-def aggregate(per_case: Sequence[dict]) -> dict:
-    """Summaries over cases, as the LiTS kit reports them, from :func:`case_metrics` results.
-
-    Per structure (``structures[name]``):
-    - ``metrics[m]``: mean, median, sd (sample, ddof 1), min, max and ``n`` over cases for every overlap
-      and surface metric; NaN values (surface distances with exactly one empty mask, RVD with an empty
-      denominator) are left out and counted in ``n_excluded``;
-    - ``dice_per_case``: mean of per-case Dice (LiTS "Dice per case"); ``dice_global``: 2·Σtp/(Σ|P|+Σ|G|)
-      pooled over all cases (LiTS "Dice global"; 1 if every mask is empty), which weights big
-      structures more;
-    - case counts: ``n_ref_empty`` (reference empty, e.g. tumour-free livers), ``n_false_positive_cases``
-      (reference empty, prediction not), ``n_missed_cases`` (prediction empty, reference not).
-    Tumour-free reference cases follow the LiTS per-case convention: Dice 1 when the prediction is empty
-    too, else 0 (see :func:`overlap`); both enter the per-case mean, and their voxels enter global Dice.
-
-    ``lesions`` (when cases have lesion detection): counts pooled over cases; per threshold key,
-    ``recall`` = Σtp / Σn_ref and ``precision`` = Σtp_pred / Σn_pred (NaN when the denominator is 0);
-    ``by_size[class]``: number of reference lesions and recall per threshold for small/medium/large.
-    """
-    result: dict = {"n_cases": len(per_case), "structures": {}}
-    names: list[str] = []
-    for case in per_case:
-        names.extend(n for n in case.get("structures", {}) if n not in names)
-    for name in names:
-        rows = [c["structures"][name] for c in per_case if name in c.get("structures", {})]
-        metrics = {m: _summary([r[m] for r in rows]) for m in (*OVERLAP_METRICS, *SURFACE_METRICS)}
-        sums = {k: int(sum(r[k] for r in rows)) for k in ("tp", "fp", "fn", "n_pred", "n_ref")}
-        den = sums["n_pred"] + sums["n_ref"]
-        result["structures"][name] = {
-            "n_cases": len(rows),
-            "dice_per_case": metrics["dice"]["mean"],
-            "dice_global": 2.0 * sums["tp"] / den if den else 1.0,
-            "metrics": metrics,
-            "totals": sums,
-            "n_ref_empty": sum(1 for r in rows if r["n_ref"] == 0),
-            "n_false_positive_cases": sum(1 for r in rows if r["n_ref"] == 0 and r["n_pred"] > 0),
-            "n_missed_cases": sum(1 for r in rows if r["n_pred"] == 0 and r["n_ref"] > 0),
-        }
-
-    detections = [c["lesions"] for c in per_case if "lesions" in c]
-    if detections:
-        keys = [threshold_key(t) for t in DETECTION_THRESHOLDS]
-        n_ref = sum(d["n_ref"] for d in detections)
-        n_pred = sum(d["n_pred"] for d in detections)
-        lesions: dict = {"n_cases": len(detections), "n_ref": n_ref, "n_pred": n_pred}
-        for k in keys:
-            tp = sum(d[k]["tp"] for d in detections)
-            tp_pred = sum(d[k]["tp_pred"] for d in detections)
-            lesions[k] = {"tp": tp, "fn": n_ref - tp, "tp_pred": tp_pred, "fp": n_pred - tp_pred,
-                          "recall": _ratio(tp, n_ref), "precision": _ratio(tp_pred, n_pred)}
-        all_lesions = [lesion for d in detections for lesion in d["lesions"]]
-        by_size = {}
-        for cls in SIZE_CLASSES:
-            members = [lesion for lesion in all_lesions if lesion["size"] == cls]
-            entry: dict = {"n": len(members)}
-            for k in keys:
-                hits = sum(1 for lesion in members if lesion["detected"][k])
-                entry[k] = {"detected": hits, "recall": _ratio(hits, len(members))}
-            by_size[cls] = entry
-        lesions["by_size"] = by_size
-        result["lesions"] = lesions
-    return result
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(lab == int(sizes.argmax()))
