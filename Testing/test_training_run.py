@@ -148,11 +148,23 @@ def test_a_liver_localiser_trains_and_attaches_as_the_coarse_stage(phantom_data,
     assert "val_dice_liver" in localizer.config.metrics  # validated against liver ∪ tumour
     fine = train(tiny(phantom_data, tmp_path / "fine", epochs=1), progress=False)
     both = tmp_path / "both.pt"
+    report = tmp_path / "cv" / "crossval.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps({"aggregate": {"n_cases": 4, "structures": {"liver": {
+        "dice_per_case": 0.95, "dice_global": 0.96}}, "lesions": {">0": {"recall": 0.8, "precision": 0.5}}}}))
     assert main(["attach-localizer", str(fine.model_path), str(loc_run / MODEL), "-o", str(both), "--name",
-                 "Shipped", "--description", "non-commercial data"]) == 0
+                 "Shipped", "--description", "non-commercial data", "--thresholds", "0.5,0.3",
+                 "--min-lesion-confidence", "0.8", "--crossval", str(report.with_suffix(""))]) == 0
     model = load_model(both)
     assert model.localizer is not None and model.localizer.config.labels[0].name == "Liver"
     assert (model.config.name, model.config.description) == ("Shipped", "non-commercial data")
+    assert model.config.thresholds == (0.5, 0.3) and model.config.min_lesion_confidence == 0.8
+    crossval = model.config.metrics["crossval"]
+    assert crossval["n_cases"] == 4 and crossval["liver"]["dice_per_case"] == 0.95
+    assert crossval["lesions"]["recall"] == 0.8
+    assert main(["attach-localizer", str(fine.model_path), str(loc_run / MODEL), "-o", str(tmp_path / "x.pt"),
+                 "--min-lesion-confidence", "1.5"]) != 0  # out of [0, 1): one line, no file
+    assert not (tmp_path / "x.pt").exists()
     assert model.config.provenance == load_model(fine.model_path).config.provenance  # the split and recipe stay
     ct, _ = find_cases(phantom_data)[0].load()
     from LiverTumorSegLib.pipeline import run_segmentation
@@ -171,6 +183,11 @@ def test_crossval_trains_every_fold_and_scores_each_patient_once(phantom_data, t
     assert sorted(sum(val, [])) == sorted(f"p{i}" for i in range(8))  # every patient validated exactly once
     rows = (out / "crossval.csv").read_text(encoding="utf-8").splitlines()
     assert len({r.split(",")[0] for r in rows[1:]}) == 8 and (out / "crossval.md").exists()
+    # each prediction's tumour probability is kept, and the keep-threshold is chosen on the other folds
+    assert len(list((out / "probabilities").glob("*.nii.gz"))) == 8
+    chosen = json.loads((out / "confidence.json").read_text(encoding="utf-8"))
+    assert sorted(chosen["nested_per_fold"]) == ["0", "1", "2", "3"] and 0 <= chosen["all_folds"] < 1
+    assert (out / "crossval_confidence.md").exists() and len(list((out / "predictions_confidence").iterdir())) == 8
     before = (out / "fold0" / CHECKPOINT).stat().st_mtime_ns
     assert main(args) == 0  # rerunning continues: finished folds are not trained again
     assert (out / "fold0" / CHECKPOINT).stat().st_mtime_ns == before

@@ -165,10 +165,46 @@ def cmd_attach_localizer(args: argparse.Namespace) -> int:
     if args.name or args.description:  # what users see in the model selector and the reports
         model.config = dataclasses.replace(model.config, name=args.name or model.config.name,
                                            description=args.description or model.config.description)
+    changes = {}  # post-processing calibrated elsewhere (cross-validation) for a model trained without validation
+    if args.thresholds is not None:
+        if len(args.thresholds) != len(model.config.labels):
+            raise LiverTumorSegError(f"--thresholds needs {len(model.config.labels)} values (one per label: "
+                                     f"{', '.join(lab.name for lab in model.config.labels)})")
+        changes["thresholds"] = args.thresholds
+    if args.min_lesion_confidence is not None:
+        changes["min_lesion_confidence"] = args.min_lesion_confidence
+    if args.crossval is not None:
+        changes["metrics"] = {**model.config.metrics, "crossval": _crossval_summary(Path(args.crossval))}
+    try:
+        model.config = dataclasses.replace(model.config, **changes)
+    except ValueError as e:
+        raise LiverTumorSegError(f"invalid post-processing option: {e}") from None
     path = save_model(attach_localizer(model, localizer), args.output, overwrite=args.overwrite)
     print(f"wrote {path}: {model.config.name} with localiser {localizer.config.name} "
           f"({localizer.config.spacing_yx_mm or 'native'} mm)")
     return 0
+
+
+def _crossval_summary(report_prefix: Path) -> dict:
+    """The headline numbers of a ``livertumorseg crossval`` report (``<prefix>.json``), to travel in a model file."""
+    import json
+
+    path = report_prefix if report_prefix.suffix == ".json" else Path(f"{report_prefix}.json")
+    try:
+        agg = json.loads(path.read_text(encoding="utf-8"))["aggregate"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LiverTumorSegError(f"cannot read a crossval report from {path} ({type(e).__name__}); give the "
+                                 f"report prefix that 'livertumorseg crossval' wrote, e.g. runs/cv/crossval") from None
+    out: dict = {"n_cases": agg.get("n_cases"), "report": path.name}
+    for name, s in agg.get("structures", {}).items():
+        out[name] = {k: s.get(k) for k in ("dice_per_case", "dice_global", "dice_per_case_with_ref")}
+    lesions = agg.get("lesions")
+    if lesions:
+        out["lesions"] = {"recall": lesions.get(">0", {}).get("recall"),
+                          "precision": lesions.get(">0", {}).get("precision"),
+                          "recall_10mm_plus": (lesions.get("recall_10mm_plus") or {}).get(">0"),
+                          "false_per_scan_median": (lesions.get("false_per_scan") or {}).get("median")}
+    return out
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -257,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-o", "--output", required=True, metavar="OUT.pt")
     a.add_argument("--name", default=None, help="model name shown to users (default: MODEL's)")
     a.add_argument("--description", default=None, help="one paragraph shown to users: data, licence, limits")
+    a.add_argument("--thresholds", type=_thresholds, default=None, metavar="T1,T2",
+                   help="store these probability thresholds (e.g. the ones cross-validation chose)")
+    a.add_argument("--min-lesion-confidence", type=float, default=None, metavar="P",
+                   help="store this per-lesion keep-threshold (e.g. crossval's confidence.json 'all_folds')")
+    a.add_argument("--crossval", default=None, metavar="REPORT_PREFIX",
+                   help="store the headline numbers of this crossval report (e.g. runs/cv/crossval) as metrics")
     a.add_argument("--overwrite", action="store_true")
     a.set_defaults(func=cmd_attach_localizer)
 

@@ -28,7 +28,7 @@ def run_crossval(args: argparse.Namespace) -> dict:
 
     from LiverTumorSegLib.atomicfile import write_image_atomic
     from LiverTumorSegLib.modelfile import load_model
-    from LiverTumorSegLib.pipeline import segment
+    from LiverTumorSegLib.pipeline import run_segmentation
 
     from .commands import config_from_args
     from .datasets import find_cases
@@ -55,22 +55,61 @@ def run_crossval(args: argparse.Namespace) -> dict:
     for root in args.data:
         for c in find_cases(root, kind=args.kind or "auto"):
             cases[c.case_id], sources[c.case_id] = c, Path(root).resolve().name
-    preds, refs = out / "predictions", out / "references"
+    preds, refs, probs = out / "predictions", out / "references", out / "probabilities"
+    fold_of = {}
     for k in range(folds):
         model = load_model(out / f"fold{k}" / MODEL)
+        lesion = next((lab for lab in model.config.labels if lab.role == "lesion"), None)
         for case_id in model.config.provenance.get("val_cases", []):
+            fold_of[case_id] = k
             pred_path = preds / f"{case_id}.labels.nii.gz"
-            if pred_path.exists() and not args.overwrite:
+            prob_path = probs / f"{case_id}.nii.gz"
+            if pred_path.exists() and (lesion is None or prob_path.exists()) and not args.overwrite:
                 continue
             ct, ref = cases[case_id].load()
-            write_image_atomic(segment(ct, model, device=args.device or "auto"), pred_path, overwrite=True)
+            result = run_segmentation(ct, model, device=args.device or "auto")
+            if lesion is not None:  # the lesion probability: per-lesion confidence, calibrated below
+                write_image_atomic(result.lesion_probability[lesion.name], prob_path, overwrite=True)
+            write_image_atomic(result.labels, pred_path, overwrite=True)
             write_image_atomic(ref, refs / f"{case_id}.nii.gz", overwrite=True)
             print(f"fold {k + 1}: segmented {case_id}", flush=True)
     several = len(set(sources.values())) > 1  # a table per source beside the totals
-    report = evaluate_folders(preds, refs, out / "crossval", overwrite=True, progress=not args.quiet,
-                              groups=sources if several else None)
+    groups = sources if several else None
+    report = evaluate_folders(preds, refs, out / "crossval", overwrite=True, progress=not args.quiet, groups=groups)
     print(report["markdown"])
+    if probs.is_dir():
+        report["confidence"] = _calibrate_confidence(out, fold_of, groups, quiet=args.quiet)
     return report
+
+
+def _calibrate_confidence(out: Path, fold_of: dict[str, int], groups: dict[str, str] | None, quiet: bool) -> dict:
+    """The per-lesion keep-threshold, nested (each fold's chosen on the others), with its own report."""
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.atomicfile import write_image_atomic, write_json_atomic
+
+    from .confidence import best_threshold, drop_unconfident, held_out_case, nested_thresholds
+    from .evaluate import evaluate_folders
+
+    def read(case_id: str, *folders: Path) -> list:
+        return [sitk.ReadImage(str(f / (f"{case_id}.labels.nii.gz" if f.name == "predictions" else f"{case_id}.nii.gz")))
+                for f in folders]
+
+    preds, refs, probs = out / "predictions", out / "references", out / "probabilities"
+    held_out = [held_out_case(c, fold_of[c], *read(c, preds, probs, refs)) for c in sorted(fold_of)]
+    per_fold = nested_thresholds(held_out)
+    chosen = {"nested_per_fold": per_fold, "all_folds": best_threshold(held_out)}
+    filtered = out / "predictions_confidence"
+    for case_id in sorted(fold_of):
+        pred, prob = read(case_id, preds, probs)
+        write_image_atomic(drop_unconfident(pred, prob, per_fold[fold_of[case_id]]),
+                           filtered / f"{case_id}.labels.nii.gz", overwrite=True)
+    report = evaluate_folders(filtered, refs, out / "crossval_confidence", overwrite=True, progress=not quiet,
+                              groups=groups)
+    write_json_atomic(out / "confidence.json", chosen, overwrite=True)
+    print(f"per-lesion keep-threshold, chosen on the other folds: {per_fold}; on all folds: {chosen['all_folds']}")
+    print(report["markdown"])
+    return chosen
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
