@@ -623,7 +623,7 @@ def test_evaluate_cli(lits_folders, tmp_path, capsys):
     errors = [line for line in err.splitlines() if line.startswith("livertumorseg: error:")]
     assert len(errors) == 1 and errors[0].startswith("livertumorseg: error: 2: prediction and reference grids differ")
 
-    assert _cli(["evaluate", str(pred_dir), str(ref_dir), "-o", str(prefix), "--quiet"]) == 2
+    assert _cli(["evaluate", str(pred_dir), str(ref_dir), "-o", str(prefix), "--quiet"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert _cli(["evaluate", str(pred_dir), str(ref_dir), "-o", str(prefix), "--overwrite", "--quiet"]) == 1
 

@@ -127,7 +127,9 @@ def test_atomic_path_refuses_existing_then_overwrites(tmp_path):
 
 
 def test_atomic_path_nothing_written_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    from LiverTumorSegLib.errors import OutputError
+
+    with pytest.raises(OutputError, match="nothing was written"):
         with atomic_path(tmp_path / "x.json"):
             pass
     assert os.listdir(tmp_path) == []

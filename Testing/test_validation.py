@@ -38,6 +38,41 @@ def test_bad_inputs_are_refused_with_a_reason(make, match):
     assert "\n" not in str(info.value)
 
 
+def _ct(spacing=(1.0, 1.0, 2.0), direction=None, shape=(6, 32, 32)):
+    img = _img(np.random.default_rng(0).integers(-1000, 300, shape).astype(np.int16), spacing)
+    if direction is not None:
+        img.SetDirection(direction)
+    return img
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _ct((0.01, 0.01, 2.0)), "in-plane voxel spacing"),
+    (lambda: _ct((20.0, 20.0, 20.0)), "in-plane voxel spacing"),
+    (lambda: _ct((1.0, 1.0, 0.05)), "slice spacing"),
+    (lambda: _ct((1.0, 1.0, 5.0), shape=(600, 8, 8)), "more than any body"),
+    (lambda: _ct(direction=(1, 0, 0, 0.5, 0.866, 0, 0, 0, 1)), "not orthonormal"),
+])
+def test_impossible_geometry_is_refused_by_the_pipeline_itself(make, match):
+    """The one place that decides: the pipeline, so the API, the CLI, the module and the effect all refuse it."""
+    with pytest.raises(InputImageError, match=match):
+        segment(make(), oracle_model(), device="cpu")
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(thresholds=(1.5, 0.5)), "strictly between 0 and 1"),
+    (dict(thresholds=(float("nan"), 0.5)), "strictly between 0 and 1"),
+    (dict(min_lesion_mm3=-1.0), "minimum lesion volume"),
+    (dict(min_lesion_confidence=1.0), "minimum lesion confidence"),
+    (dict(organ_margin_mm=float("inf")), "organ margin"),
+])
+def test_meaningless_options_are_refused_by_the_pipeline_itself(options, match):
+    from LiverTumorSegLib.errors import LiverTumorSegError
+
+    with pytest.raises(LiverTumorSegError, match=match):
+        segment(_ct(), oracle_model(), device="cpu", **options)
+
+
+
 def test_pipeline_refuses_before_running_the_model():
     mr = _img(np.random.default_rng(0).integers(0, 1200, (6, 32, 32)).astype(np.int16))
     with pytest.raises(InputImageError, match="MR"):

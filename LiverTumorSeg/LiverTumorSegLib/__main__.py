@@ -1,7 +1,5 @@
 """``python -m LiverTumorSegLib`` runs the ``livertumorseg`` command (e.g. from Slicer's PythonSlicer)."""
 
-import sys
+from .cli import console_main
 
-from .cli import main
-
-sys.exit(main())
+console_main()

@@ -29,6 +29,15 @@ def _error(message: str) -> None:
     print("livertumorseg: error: " + " ".join(str(message).split()), file=sys.stderr)
 
 
+def _warn(message: str) -> None:
+    print("livertumorseg: warning: " + " ".join(str(message).split()), file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one line (not the file, line number and source line a library warning prints)."""
+    _warn(str(message))
+
+
 def default_model_path() -> Path | None:
     """The model used when ``--model`` is not given: ``$LIVERTUMORSEG_MODEL``, else the catalogue's default model
     (shipped in ``Resources/Models``, so a fresh clone works offline, or installed in the models folder)."""
@@ -68,35 +77,41 @@ def cmd_segment(args: argparse.Namespace) -> int:
         args.region = ((r[0], r[1]), (r[2], r[3]), (r[4], r[5]))
     from tqdm import tqdm
 
-    from .atomicfile import write_image_atomic, write_json_atomic
+    from .atomicfile import ensure_output_folder, write_image_atomic, write_json_atomic
     from .imageio import discover_cases, read_case
     from .modelfile import load_model
     from .pipeline import run_segmentation
     from .segfile import write_seg_nrrd
+    from .validation import validate_options
 
     model_path = Path(args.model) if args.model else default_model_path()
     if model_path is None:
-        _error("no model given and no default model installed; pass --model FILE "
-               "(train one, or convert the authors' weights with 'livertumorseg import-weights')")
-        return 2
+        raise LiverTumorSegError("no model given and no default model installed; pass --model FILE "
+                                 "(train one, or convert the authors' weights with 'livertumorseg import-weights')")
     _emit(args, "stage", stage="loading model", model=str(model_path))
     model = load_model(model_path)
+    validate_options(len(model.config.labels), args.thresholds, args.min_lesion_mm3, args.min_lesion_confidence)
     cases = discover_cases(args.inputs)
     if not cases:
-        _error(f"no CT images or DICOM series found in {' '.join(args.inputs)}")
-        return 2
-    outdir = Path(args.output)
-    outdir.mkdir(parents=True, exist_ok=True)
+        raise LiverTumorSegError(f"no CT images or DICOM series found in {' '.join(args.inputs)}; give NIfTI, NRRD "
+                                 f"or MHA files or DICOM series folders")
+    outdir = ensure_output_folder(args.output)
     failed = 0
     quiet = args.quiet or args.progress == "json"
     for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2 or quiet):
         paths = output_paths(outdir, case.case_id)
         try:
+            folders = [str(p) for p in paths.values() if p.is_dir()]
+            if folders:
+                raise LiverTumorSegError(f"{folders[0]} is a folder where an output file goes; move or rename it")
             existing = [str(p) for p in paths.values() if p.exists()]
             if existing and not args.overwrite:
                 raise LiverTumorSegError(f"outputs exist ({existing[0]}); pass --overwrite to replace them")
             _emit(args, "stage", case=case.case_id, stage="reading")
-            image, modality = read_case(case)
+            read = read_case(case, allow_incomplete_series=args.allow_incomplete_series)
+            image, modality = read.image, read.modality
+            for warning in read.warnings:
+                _warn(f"{case.case_id}: {warning}")
             _emit(args, "stage", case=case.case_id, stage="segmenting")
             with tqdm(total=1, desc=case.case_id, unit="slice", leave=False, disable=quiet) as bar:
                 def progress(done: int, total: int) -> None:
@@ -112,11 +127,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     min_lesion_confidence=args.min_lesion_confidence)
             _emit(args, "stage", case=case.case_id, stage="writing")
             t = time.perf_counter()
-            write_image_atomic(result.labels, paths["labels"], overwrite=args.overwrite)
-            write_seg_nrrd(result.labels, result.model.config.labels, paths["segmentation"], overwrite=args.overwrite)
-            result.seconds["write"] = time.perf_counter() - t
-            report = case_report(result, case.case_id, str(case.path), paths)
-            write_json_atomic(paths["report"], report, overwrite=args.overwrite)
+            written: list[Path] = []
+            try:  # a case's outputs come as a set: if one cannot be written, none of them stays
+                write_image_atomic(result.labels, paths["labels"], overwrite=args.overwrite)
+                written.append(paths["labels"])
+                write_seg_nrrd(result.labels, result.model.config.labels, paths["segmentation"],
+                               overwrite=args.overwrite)
+                written.append(paths["segmentation"])
+                result.seconds["write"] = time.perf_counter() - t
+                report = case_report(result, case.case_id, str(case.path), paths)
+                if read.warnings:
+                    report["warnings"] = list(read.warnings)
+                write_json_atomic(paths["report"], report, overwrite=args.overwrite)
+            except BaseException:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
             _emit(args, "done", case=case.case_id, outputs={k: str(v) for k, v in paths.items()})
             if not quiet:
                 tqdm.write(_one_line_summary(case.case_id, report))
@@ -244,9 +270,9 @@ def _thresholds(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="livertumorseg", description="Liver and liver-tumour segmentation of CT.")
+    p = _Parser(prog="livertumorseg", description="Liver and liver-tumour segmentation of CT.")
     p.add_argument("--version", action="version", version=f"livertumorseg {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("segment", help="segment CT volumes (files, DICOM series folders, or folders of them)")
     s.add_argument("inputs", nargs="+", metavar="INPUT")
@@ -271,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-localizer", dest="use_localizer", action="store_false",
                    help="run the fine model on every whole slice even if the model has a localiser stage")
     s.add_argument("--allow-non-ct", action="store_true", help="skip the check that the input is CT in HU")
+    s.add_argument("--allow-incomplete-series", action="store_true",
+                   help="segment a DICOM series with missing or unreadable slices anyway (a warning in the report)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -325,21 +353,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line (problem and where to look), exit status 1 like every other refusal."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        _error(f"{message}; see '{self.prog} --help'")
+        raise SystemExit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every refusal is one line on stderr and exit status 1 (130 after Ctrl-C)."""
+    import warnings
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="livertumorseg: %(message)s")
     try:
-        return int(args.func(args) or 0)
-    except LiverTumorSegError as e:
-        _error(str(e))
-        return 2
-    except FileExistsError as e:
-        _error(str(e))
-        return 2
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's multi-line warnings: we say what matters
+    except ImportError:
+        pass
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except (LiverTumorSegError, FileExistsError) as e:
+            _error(str(e))
+            return 1
+        except KeyboardInterrupt:
+            resumable = getattr(args, "command", None) in ("train", "crossval")
+            _error("interrupted; continue with the same command plus --resume" if args.command == "train" else
+                   "interrupted; rerun the same command to continue where it stopped" if resumable else "interrupted")
+            return 130
+
+
+def console_main() -> None:
+    """The ``livertumorseg`` console script: ``main``, then an exit that a late Ctrl-C cannot turn into a
+    traceback (threads and torch clean up at interpreter exit, after the command's own handler is gone)."""
+    import signal
+
+    try:
+        code = main()
     except KeyboardInterrupt:
         _error("interrupted")
-        return 130
+        code = 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout.flush()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -17,6 +17,15 @@ class ModelFileError(LiverTumorSegError):
     """The model file is missing, corrupt, foreign, unsafe, or does not match its architecture."""
 
 
+class OutputError(LiverTumorSegError, OSError):
+    """An output cannot be written (exists, read-only folder, disk full, a path through a file, ...).
+    Also an OSError, so callers that handled the standard errors (FileExistsError, ...) still do."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output exists and replacing it was not asked for."""
+
+
 class DeviceError(LiverTumorSegError):
     """The requested compute device is not available."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputImageError
@@ -68,28 +68,65 @@ def discover_cases(inputs: list[str | os.PathLike]) -> list[Case]:
     return unique
 
 
-def read_case(case: Case):
-    """Read a case as a ``SimpleITK.Image`` plus the DICOM modality when known (None for other files)."""
+@dataclass
+class CaseImage:
+    """A case as read: the image, its DICOM modality (None for other files) and what the reader had to warn about."""
+
+    image: "object"  # SimpleITK.Image
+    modality: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _reader_message(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    detail = next((line for line in reversed(lines) if not line.startswith(("sitk::", "itk::"))), lines[-1] if lines
+                  else type(error).__name__)
+    return detail.removeprefix("Reason: ")[:160]
+
+
+def read_image_file(path: str | os.PathLike):
+    """One image file as a ``SimpleITK.Image``, after checking its data against its header (``filecheck``);
+    the image library's own messages are kept off the terminal and every failure is one InputImageError."""
     import SimpleITK as sitk
 
+    from .filecheck import check_image_file
+    from .native import quiet_native_output
+
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"input not found: {path}")
+    if path.is_dir():
+        raise InputImageError(f"{path} is a folder; give an image file")
     try:
-        if case.series_uid is None and case.path.is_file():
-            return sitk.ReadImage(str(case.path)), None
-        reader = sitk.ImageSeriesReader()
-        uid = case.series_uid or (_dicom_series(case.path) or [None])[0]
-        if uid is None:
-            raise InputImageError(f"{case.path} contains no DICOM series")
-        files = reader.GetGDCMSeriesFileNames(str(case.path), uid)
-        reader.SetFileNames(files)
-        image = reader.Execute()
-        header = sitk.ImageFileReader()
-        header.SetFileName(files[0])
-        header.ReadImageInformation()
-        modality = header.GetMetaData("0008|0060").strip() if header.HasMetaDataKey("0008|0060") else None
-        return image, modality
-    except RuntimeError as e:
-        raise InputImageError(f"cannot read {case.path}: {str(e).strip().splitlines()[-1][:160]}; "
-                              f"give a NIfTI/NRRD/MHA file or a DICOM series folder") from None
+        if path.stat().st_size == 0:
+            raise InputImageError(f"{path.name} is empty (0 bytes); export or copy the file again")
+    except OSError as e:
+        raise InputImageError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
+    check_image_file(path)
+    with quiet_native_output():
+        try:
+            return sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            known = path.name.lower().endswith(IMAGE_SUFFIXES)
+            fix = ("the file is damaged or not what its name says; export or copy it again" if known else
+                   "give a NIfTI, NRRD or MHA file or a DICOM series folder")
+            raise InputImageError(f"cannot read {path.name}: {_reader_message(e)}; {fix}") from None
+
+
+def read_case(case: Case, allow_incomplete_series: bool = False) -> CaseImage:
+    """Read a case: a checked image file, or a complete DICOM series (see ``dicomseries``)."""
+    from .dicomseries import read_series
+    from .native import quiet_native_output
+
+    if case.series_uid is None and case.path.is_file():
+        return CaseImage(read_image_file(case.path))
+    with quiet_native_output():
+        try:
+            series = read_series(case.path, case.series_uid, allow_incomplete_series)
+        except RuntimeError as e:
+            raise InputImageError(f"cannot read the DICOM series in {case.path}: {_reader_message(e)}; "
+                                  f"export the series again") from None
+    return CaseImage(series.image, series.modality, series.warnings)
 
 
 def read_image(path: str | os.PathLike):
@@ -97,4 +134,4 @@ def read_image(path: str | os.PathLike):
     cases = discover_cases([path]) if Path(path).is_dir() else [Case(case_id_of(Path(path)), Path(path))]
     if not cases:
         raise InputImageError(f"no CT image found in {path}")
-    return read_case(cases[0])[0]
+    return read_case(cases[0]).image

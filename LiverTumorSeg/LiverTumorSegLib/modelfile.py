@@ -165,14 +165,11 @@ def new_model(config: ModelConfig) -> SegmentationModel:
 def save_model(model: SegmentationModel, path: str | os.PathLike, overwrite: bool = False,
                half_precision: bool = False) -> Path:
     """Write a model file atomically; never replaces an existing file unless ``overwrite``."""
-    import torch
-
-    from .atomicfile import atomic_path
+    from .atomicfile import torch_save_atomic
 
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **_stage_payload(model, half_precision)}
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        torch.save(payload, tmp)
+    torch_save_atomic(payload, path, overwrite=overwrite)
     return path
 
 
@@ -195,6 +192,38 @@ def attach_localizer(model: SegmentationModel, localizer: SegmentationModel | No
     return SegmentationModel(model.network, model.config, model.source, localizer)
 
 
+def _file_kind(path: Path) -> str | None:
+    """What a file that is certainly not a PyTorch checkpoint is (None: it may be one).
+
+    torch.save writes a zip archive (since torch 1.6) or a pickle stream (protocol byte 0x80); anything else
+    is named from its first bytes, so that a JSON file is not called "pickled objects that could run code".
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"it cannot be read: {e.strerror}"
+    if not head:
+        return "it is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    known = [(b"\x1f\x8b", "gzip data, e.g. a .nii.gz image"), (b"NRRD", "an NRRD image"),
+             (b"\x89PNG", "a PNG picture"), (b"%PDF", "a PDF document"), (b"<", "XML or HTML text"),
+             (b"ObjectType", "a MetaImage header")]
+    for magic, what in known:
+        if head.startswith(magic):
+            return f"it is {what}"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "it is a DICOM file"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it is JSON text"
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "it is a NIfTI image"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it is a text file"
+    return None
+
+
 def _safe_torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with every failure turned into a one-line ModelFileError."""
     import torch
@@ -203,6 +232,9 @@ def _safe_torch_load(path: Path) -> Any:
         raise ModelFileError(f"model file not found: {path}; give the path of an existing .pt model file")
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a model file; give the path of a .pt model file")
+    kind = _file_kind(path)
+    if kind is not None:
+        raise ModelFileError(f"{path} is not a PyTorch file ({kind}); give a .pt model file")
     try:
         with warnings.catch_warnings():  # odd pickle protocols warn before being refused
             warnings.simplefilter("ignore", UserWarning)
@@ -263,8 +295,35 @@ def _stage_from_payload(payload: dict[str, Any], path: Path, device: str, what: 
         first = str(e).splitlines()[0]
         raise ModelFileError(f"{where}: weights do not fit architecture {config.architecture} "
                              f"{config.architecture_kwargs} ({first[:160]}); the file is damaged") from None
+    _check_weights_and_outputs(network, config, where)
     network.float().to(device)
     return SegmentationModel(network, config, source=str(path))
+
+
+def _check_weights_and_outputs(network: "torch.nn.Module", config: ModelConfig, where: str) -> None:
+    """Refuse weights that cannot give a meaningful result: NaN or infinite values (a diverged run gives an
+    empty segmentation without a word), and a network whose outputs do not match the file's label list (a
+    ninth label would silently never be painted)."""
+    import torch
+
+    for name, tensor in network.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(f"{where} holds NaN or infinite weights ({name}); the training run diverged or "
+                                 f"the file is damaged: use another model file")
+    m = max(16, int(config.size_multiple))
+    probe = torch.zeros(1, config.in_channels, 2 * m, 2 * m)
+    try:
+        with torch.inference_mode():
+            out = network.eval()(probe)
+    except RuntimeError as e:
+        raise ModelFileError(f"{where}: its network does not take {config.in_channels} input channels "
+                             f"({config.context_slices} context slices each side) ({str(e).splitlines()[0][:100]}); "
+                             f"the file is inconsistent: re-export it") from None
+    if out.ndim != 4 or out.shape[1] != config.out_channels:
+        raise ModelFileError(f"{where}: its network outputs {out.shape[1] if out.ndim > 1 else '?'} channels but it "
+                             f"lists {len(config.labels)} labels ({', '.join(lab.name for lab in config.labels)}"
+                             f"{' + background' if config.output_activation == 'softmax' else ''}); the file is "
+                             f"inconsistent: re-export it with matching labels")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -307,6 +366,9 @@ def import_authors_weights(path: str | os.PathLike, arch: str, labels: str = "li
     if labels not in LABEL_SETS or len(LABEL_SETS[labels]) != 2:
         raise ModelFileError(f"--labels must be liver,tumor or vessel,tumor, not {labels!r}")
     payload = _safe_torch_load(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        raise ModelFileError(f"{path} is already a LiverTumorSeg model file; use it directly (--model {path}) "
+                             f"instead of importing it")
     state = payload
     if isinstance(payload, dict):
         for key in ("state_dict", "model_state_dict", "model", "net"):

@@ -20,7 +20,7 @@ from .inference import InferencePlan, ProgressCallback, make_plan, predict_bits
 from .labels import LabelSpec
 from .modelfile import SegmentationModel, load_model
 from .postprocess import finalize_labels
-from .validation import validate_ct
+from .validation import validate_ct, validate_options
 from .volumes import slabs
 
 #: half-open index ranges per ITK axis: ((i0, i1), (j0, j1), (k0, k1))
@@ -96,9 +96,7 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
         model = load_model(model)
     cfg = model.config
     for thresholds in threshold_sets:
-        if thresholds is not None and len(thresholds) != len(cfg.labels):
-            raise LiverTumorSegError(f"{len(cfg.labels)} thresholds needed (one per label: "
-                                     f"{', '.join(lab.name for lab in cfg.labels)}), got {len(thresholds)}")
+        validate_options(len(cfg.labels), thresholds, min_lesion_mm3, min_lesion_confidence, organ_margin_mm)
     seconds = {"validate": time.perf_counter() - t0}
 
     t = time.perf_counter()
@@ -232,8 +230,8 @@ def _segment_region(image, region: IndexBox, model, **options: Any) -> Segmentat
     except (TypeError, ValueError):
         box = []
     if len(box) != 3 or any(not 0 <= a < b <= n for (a, b), n in zip(box, size)):
-        raise LiverTumorSegError(f"region {region} is not a box inside the image of size {tuple(size)} "
-                                 f"(give ((i0, i1), (j0, j1), (k0, k1)) with 0 <= start < stop <= size)")
+        raise LiverTumorSegError(f"region {region} is not a box inside the image of size {tuple(size)}; give "
+                                 f"((i0, i1), (j0, j1), (k0, k1)) with 0 <= start < stop <= size")
     start = [a for a, _ in box]
     extent = [b - a for a, b in box]
     result = run_segmentation(sitk.RegionOfInterest(image, extent, start), model, **options)
@@ -251,8 +249,8 @@ def segment(image, model: SegmentationModel | str | os.PathLike, device: str = "
 
     Returns a uint8 label map with the input's size, spacing, origin and direction (values from the
     model's labels: 0 background, 1 liver, 2 tumor for the liver models). ``progress(done, total)``
-    is called after every batch of slices; returning False cancels. Options: ``thresholds``,
-    ``min_lesion_mm3``, ``min_lesion_confidence``, ``organ_margin_mm`` override the model file's values; ``allow_non_ct``
+    is called after every batch of slices; returning False cancels. Options: ``thresholds``, ``min_lesion_mm3``,
+    ``min_lesion_confidence``, ``organ_margin_mm`` override the model file's values; ``allow_non_ct``
     skips the CT plausibility check; ``modality`` is the DICOM modality when known; ``region``
     = ((i0, i1), (j0, j1), (k0, k1)) restricts the work to that index box (an ROI or slice range);
     ``keep_labels`` = names of the labels to output (e.g. ["Liver"]: tumour counted as liver).

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .atomicfile import atomic_path
+from .atomicfile import atomic_path, check_written_image
 from .labels import LabelSpec
 from .volumes import bounding_box, slabs
 
@@ -142,7 +142,7 @@ def write_seg_nrrd(labels: sitk.Image, specs: Sequence[LabelSpec], path: str | o
         "referenceImageExtentOffset": [0, 0, 0],
         "segments": segments,
     }
-    with atomic_path(path, overwrite=overwrite) as temp:
+    with atomic_path(path, overwrite=overwrite, check=check_written_image) as temp:
         slicerio.write_segmentation(temp, segmentation, compression_level=compression_level)
 
 

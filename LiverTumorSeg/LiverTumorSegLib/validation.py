@@ -22,6 +22,68 @@ def _sample(array: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
     return array[::step, ::step, ::step]
 
 
+#: plausible CT voxel spacing in mm: in-plane, and between slices (thick-slice CT reaches 10 mm)
+IN_PLANE_MM = (0.2, 5.0)
+SLICE_MM = (0.2, 15.0)
+#: longest plausible extent of a CT along one axis (mm): a whole-body scan is about 2 m long
+MAX_EXTENT_MM = 2500.0
+
+
+def _mm(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def validate_geometry(image) -> None:
+    """Refuse grids no CT has: non-positive or absurd spacing, direction cosines that are not a rotation
+    (the output's direction would differ from the input's), a field of view of many metres."""
+    from .geometry import CanonicalFrame
+
+    spacing = tuple(float(s) for s in image.GetSpacing())
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InputImageError(f"voxel spacing {_mm(spacing)} mm is not positive; fix the image header")
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+        raise InputImageError(f"the direction cosines {_mm(direction.ravel())} are not orthonormal (skewed or "
+                              f"singular axes); fix the image header (ImageOrientationPatient)")
+    frame = CanonicalFrame.of_image(image)
+    dz, dy, dx = frame.spacing_zyx
+    if not (IN_PLANE_MM[0] <= min(dy, dx) and max(dy, dx) <= IN_PLANE_MM[1]):
+        raise InputImageError(f"in-plane voxel spacing {_mm((dy, dx))} mm is outside what CT uses "
+                              f"({IN_PLANE_MM[0]:g}-{IN_PLANE_MM[1]:g} mm); fix the image header (pixel spacing)")
+    if not SLICE_MM[0] <= dz <= SLICE_MM[1]:
+        raise InputImageError(f"slice spacing {dz:.4g} mm is outside what CT uses ({SLICE_MM[0]:g}-{SLICE_MM[1]:g} "
+                              f"mm); fix the image header (slice thickness / spacing)")
+    extent = [n * s for n, s in zip(image.GetSize(), spacing)]
+    if max(extent) > MAX_EXTENT_MM:
+        raise InputImageError(f"the image spans {_mm(extent)} mm, more than any body; fix the image header "
+                              f"(voxel spacing) or the image size")
+
+
+def validate_options(n_labels: int, thresholds=None, min_lesion_mm3=None, min_lesion_confidence=None,
+                     organ_margin_mm=None) -> None:
+    """Refuse post-processing options that cannot mean anything (NaN, a probability outside (0, 1), a negative
+    volume), whichever front end they came from."""
+    from .errors import LiverTumorSegError
+
+    if thresholds is not None:
+        thresholds = tuple(thresholds)
+        if len(thresholds) != n_labels:
+            raise LiverTumorSegError(f"{n_labels} thresholds needed (one per label), got {len(thresholds)}; give one "
+                                     f"probability per label, e.g. {','.join(['0.5'] * n_labels)}")
+        if not all(isinstance(t, (int, float)) and 0.0 < float(t) < 1.0 for t in thresholds):
+            raise LiverTumorSegError(f"thresholds {thresholds} must be probabilities strictly between 0 and 1; give "
+                                     f"e.g. {','.join(['0.5'] * n_labels)}")
+    for name, value, low, high in (("minimum lesion volume (mm3)", min_lesion_mm3, 0.0, float("inf")),
+                                   ("minimum lesion confidence", min_lesion_confidence, 0.0, 1.0),
+                                   ("organ margin (mm)", organ_margin_mm, 0.0, 100.0)):
+        if value is None:
+            continue
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and low <= value and
+                (value < high if high == 1.0 else value <= high)):
+            bound = "[0, 1)" if high == 1.0 else (f"[0, {high:g}]" if np.isfinite(high) else ">= 0")
+            raise LiverTumorSegError(f"{name} is {value!r}; give a number {bound}")
+
+
 def validate_ct(image, allow_non_ct: bool = False, modality: str | None = None) -> None:
     """Raise InputImageError naming the problem and the fix if ``image`` is not a 3-D CT volume in HU."""
     import SimpleITK as sitk
@@ -41,9 +103,7 @@ def validate_ct(image, allow_non_ct: bool = False, modality: str | None = None) 
         raise InputImageError("input volume is empty (0 voxels); check the file")
     if sorted(size)[0] < 2:
         raise InputImageError(f"input has size {size}: only one slice; give a CT volume with several slices")
-    spacing = image.GetSpacing()
-    if min(spacing) <= 0 or max(spacing) > 50:
-        raise InputImageError(f"implausible voxel spacing {spacing} mm; fix the image header")
+    validate_geometry(image)
     if modality and modality.strip().upper() not in ("CT", ""):
         if not allow_non_ct:
             raise InputImageError(f"DICOM modality is {modality.strip()}, not CT; this model segments CT only "

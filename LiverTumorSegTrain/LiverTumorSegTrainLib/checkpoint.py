@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from LiverTumorSegLib.atomicfile import atomic_path
+from LiverTumorSegLib.atomicfile import torch_save_atomic
 from LiverTumorSegLib.errors import LiverTumorSegError
 
 
@@ -37,8 +37,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path, overwrite=True) as tmp:
-        torch.save(payload, tmp)
+    torch_save_atomic(payload, path, overwrite=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

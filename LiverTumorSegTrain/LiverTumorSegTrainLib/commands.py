@@ -117,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as e:
-        raise LiverTumorSegError(f"invalid training options: {e}") from None
+        raise LiverTumorSegError(f"invalid training options: {e}; see 'livertumorseg train --help'") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -146,8 +146,8 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     def labelled():
         for case in tqdm(cases, desc="pseudo-labelling", unit="case", disable=args.quiet):
-            image, modality = read_case(case)
-            yield case.case_id, image, segment(image, model, device=args.device, modality=modality)
+            read = read_case(case)
+            yield case.case_id, read.image, segment(read.image, model, device=args.device, modality=read.modality)
 
     out = export_dataset(labelled(), args.output, layout="lits", label_names=names,
                          name=f"pseudo-labels by {model.config.name}", overwrite=args.overwrite)
@@ -157,18 +157,18 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``livertumorseg train`` as a function: parse ``argv``, train, return the exit code."""
-    from LiverTumorSegLib.cli import _error
+    from LiverTumorSegLib.cli import _error, _Parser
 
-    p = argparse.ArgumentParser(prog="livertumorseg train", description="Train a liver/tumour model.")
+    p = _Parser(prog="livertumorseg train", description="Train a liver/tumour model.")
     add_train_arguments(p)
     args = p.parse_args(argv)
     try:
         return cmd_train(args)
     except LiverTumorSegError as e:
         _error(str(e))
-        return 2
+        return 1
     except KeyboardInterrupt:
-        _error("interrupted; continue later with --resume")
+        _error("interrupted; continue with the same command plus --resume")
         return 130
 
 

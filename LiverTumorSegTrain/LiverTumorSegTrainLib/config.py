@@ -92,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}")
         if self.crop is not None and (self.crop < 16 or self.crop % 16):
             raise ValueError("crop must be a multiple of 16 (the network's size multiple)")
+        if self.epochs < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1) or self.batch_size < 1:
+            raise ValueError("epochs, steps per epoch and batch size must be at least 1")
         if not 0 <= self.fold < max(1, self.folds):
             raise ValueError(f"fold must be in 0..{self.folds - 1}")
 

@@ -92,8 +92,8 @@ def _calibrate_confidence(out: Path, fold_of: dict[str, int], groups: dict[str, 
     from .evaluate import evaluate_folders
 
     def read(case_id: str, *folders: Path) -> list:
-        return [sitk.ReadImage(str(f / (f"{case_id}.labels.nii.gz" if f.name == "predictions" else f"{case_id}.nii.gz")))
-                for f in folders]
+        names = [f"{case_id}.labels.nii.gz" if f.name == "predictions" else f"{case_id}.nii.gz" for f in folders]
+        return [sitk.ReadImage(str(f / name)) for f, name in zip(folders, names)]
 
     preds, refs, probs = out / "predictions", out / "references", out / "probabilities"
     held_out = [held_out_case(c, fold_of[c], *read(c, preds, probs, refs)) for c in sorted(fold_of)]

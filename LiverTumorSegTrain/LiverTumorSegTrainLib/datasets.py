@@ -34,7 +34,8 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.errors import InputImageError, LiverTumorSegError
+from LiverTumorSegLib.imageio import read_image_file
 
 #: Dataset kinds, in the order auto-detection tries them.
 KINDS = ("msd", "lits", "ircadb", "npz", "slicer", "phantom-folder")
@@ -104,6 +105,8 @@ class LabeledCase:
         """
         try:
             ct, labels = _LOADERS[self.kind](self)
+        except InputImageError as e:  # a truncated or lying file, NaN voxels (read_image_file's checks)
+            raise LiverTumorSegError(f"case {self.case_id}: {e}") from None
         except RuntimeError as e:  # SimpleITK/GDCM read errors
             raise LiverTumorSegError(f"case {self.case_id}: cannot read its image or labels: {_last_line(e)}; "
                                      f"check or re-download the files") from None
@@ -260,10 +263,10 @@ def _find_lits(root: Path, listing, include_unlabelled: bool) -> list[LabeledCas
 
 
 def _load_nifti_pair(case: LabeledCase) -> tuple[sitk.Image, sitk.Image | None]:
-    ct = sitk.ReadImage(str(case.image_path))
+    ct = read_image_file(case.image_path)
     if case.label_path is None:
         return ct, None
-    labels = sitk.ReadImage(str(case.label_path))
+    labels = read_image_file(case.label_path)
     return ct, _labels_uint8(case, labels, len(case.label_names))
 
 
@@ -565,7 +568,7 @@ def _load_slicer(case: LabeledCase) -> tuple[sitk.Image, sitk.Image | None]:
     """Compose liver/tumour segments from all layers (tumour over liver) and place them on the CT grid."""
     import slicerio
 
-    ct = sitk.ReadImage(str(case.image_path))
+    ct = read_image_file(case.image_path)
     if case.label_path is None:
         return ct, None
     try:

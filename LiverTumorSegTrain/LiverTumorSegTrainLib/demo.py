@@ -127,7 +127,7 @@ def run_demo(output: str | Path = "demo-output", inputs: list[str] | None = None
         print(f"shipped real-CT model {shipped.name}: on the phantom")
         _print_report(_segment_and_report(ct, real, results / "shipped", test, truth=truth, device=device))
     for case in discover_cases(inputs or []):
-        image, modality = read_case(case)
+        image = read_case(case).image
         use = load_model(shipped) if shipped is not None and shipped.exists() else model
         print(f"{case.case_id}: segmenting with {use.config.name}")
         _print_report(_segment_and_report(image, use, results / "inputs", case.case_id, device=device))

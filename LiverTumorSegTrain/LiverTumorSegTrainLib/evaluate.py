@@ -23,7 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorSegLib.atomicfile import write_json_atomic, write_text_atomic
-from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.errors import InputImageError, LiverTumorSegError
+from LiverTumorSegLib.imageio import read_image_file
 
 from .metrics import (
     DEFAULT_STRUCTURES,
@@ -175,9 +176,30 @@ def read_label_map(path: str | Path) -> sitk.Image:
             out = sitk.GetImageFromArray(lut[arr])
             out.CopyInformation(image)
             return out
-        return sitk.ReadImage(str(path))
+        image = read_image_file(path)
     except (RuntimeError, ValueError) as e:
         raise EvaluationError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+    except InputImageError as e:
+        raise EvaluationError(str(e)) from None
+    _check_label_values(image, path)
+    return image
+
+
+def _check_label_values(image: sitk.Image, path: Path) -> None:
+    """A label map holds whole, non-negative numbers: a probability map (values in 0..1) or a CT would otherwise
+    be scored as if it were one, and give Dice 0 or nonsense without a word."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise EvaluationError(f"{path.name} has {image.GetNumberOfComponentsPerPixel()} values per voxel; give a "
+                              f"label map (one integer label per voxel)")
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all() or not np.array_equal(arr, np.rint(arr)):
+            values = arr[finite]
+            probability = values.size and values.min() >= 0 and values.max() <= 1
+            raise EvaluationError(f"{path.name} holds fractional values"
+                                  f"{' in [0, 1] (a probability map?)' if probability else ''}; give a label map "
+                                  f"(integers 0, 1, 2), e.g. the .labels.nii.gz that 'segment' writes")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,6 +368,9 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, output: str | Pa
             continue
         failures.append({"case": cid, "prediction": str(pred_path), "reference": str(ref_path), "error": reason})
 
+    if failures and not cases:  # nothing to report: say why, and write nothing
+        more = f" (and {len(failures) - 1} more case(s) failed)" if len(failures) > 1 else ""
+        raise EvaluationError(f"{failures[0]['case']}: {failures[0]['error']}{more}")
     agg = aggregate(cases)
     by_group = aggregate_groups(cases, groups or {})
     summary = markdown_summary(agg, failures)
@@ -396,7 +421,7 @@ def _read_groups(path: str) -> dict[str, str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Print the Markdown summary; exit 0, 1 if any case failed, 2 for bad input (nothing to compare...)."""
+    """Print the Markdown summary; exit 0, or 1 if any case failed or the input is bad (nothing to compare...)."""
     structures = dict(args.structure) if args.structure else None
     try:
         groups = _read_groups(args.groups) if args.groups else None
@@ -404,7 +429,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   overwrite=args.overwrite, progress=not args.quiet, groups=groups)
     except LiverTumorSegError as e:
         _error(str(e))
-        return 2
+        return 1
     sys.stdout.write(result["markdown"])
     for f in result["failures"]:
         _error(f"{f['case']}: {f['error']}")

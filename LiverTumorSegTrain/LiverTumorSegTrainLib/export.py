@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from LiverTumorSegLib.atomicfile import write_image_atomic, write_json_atomic
+from LiverTumorSegLib.atomicfile import ensure_output_folder, write_image_atomic, write_json_atomic
 from LiverTumorSegLib.errors import LiverTumorSegError
 
 from .datasets import KINDS, LabeledCase, find_cases, grid_difference
@@ -81,6 +81,14 @@ def _prepared(case_id: str, ct: sitk.Image, labels: sitk.Image, n_labels: int) -
     return ct, out
 
 
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise LiverTumorSegError(f"export folder {out} is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise LiverTumorSegError(f"export folder {out} is not empty; choose a new folder or pass --overwrite "
+                                 f"(overwrite=True) to replace the export there")
+
+
 def export_dataset(items: Iterable[tuple[str, sitk.Image, sitk.Image]], out_dir: str | os.PathLike,
                    layout: str = "lits", label_names: tuple[str, ...] = ("liver", "tumor"),
                    name: str = "LiverTumorSeg export", overwrite: bool = False) -> Path:
@@ -103,11 +111,8 @@ def export_dataset(items: Iterable[tuple[str, sitk.Image, sitk.Image]], out_dir:
     if not label_names or len(set(label_names)) != len(label_names) or len(label_names) > 255:
         raise LiverTumorSegError(f"label names must be 1..255 distinct names, not {label_names}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LiverTumorSegError(f"export folder {out} is a file; choose a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise LiverTumorSegError(f"export folder {out} is not empty; choose a new folder or pass --overwrite "
-                                 f"(overwrite=True) to replace the export there")
+    _check_target(out, overwrite)
+    ensure_output_folder(out)
     prefix = _prefix(name)
     ids: list[str] = []
     written: set[Path] = set()
@@ -184,6 +189,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise LiverTumorSegError(f"the export folder {args.output} lies inside the dataset {args.input}; "
                                  f"export to a folder outside it")
     cases = find_cases(args.input, kind=args.kind)
+    _check_target(Path(args.output), args.overwrite)  # before the progress bar: a refusal is one line
     with tqdm(total=len(cases), desc="export", unit="case", disable=args.quiet) as bar:
         out = export_cases(cases, args.output, layout=args.layout, overwrite=args.overwrite, name=args.name,
                            progress=lambda done, total: bar.update(done - bar.n))

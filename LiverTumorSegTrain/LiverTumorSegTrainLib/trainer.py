@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from LiverTumorSegLib.atomicfile import write_json_atomic, write_text_atomic
+from LiverTumorSegLib.atomicfile import ensure_output_folder, write_json_atomic, write_text_atomic
 from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel, save_model
 from LiverTumorSegLib.models import build_model
@@ -296,7 +296,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         if dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            ensure_output_folder(self.out)
         specs, cases, train_ids, val_ids, val_data = self._load_data(dist)
         model_cfg = ModelConfig(
             architecture=cfg.architecture,
