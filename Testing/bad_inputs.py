@@ -437,7 +437,12 @@ def export_to_file(root, base):
 
 
 def import_read_only(root, base):
-    return ["import-weights", str(root / "x.pth"), "--arch", "rec_unet", "-o",
+    """A genuine authors'-style checkpoint (DataParallel keys), converted into a folder that cannot be written."""
+    from LiverTumorSegLib.models import build_model
+
+    net = build_model("rec_unet", in_channels=1, out_channels=2, base_width=4)
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, root / "authors.pth")
+    return ["import-weights", str(root / "authors.pth"), "--arch", "rec_unet", "-o",
             str(Path(read_only_folder(root)) / "m.pt")]
 
 

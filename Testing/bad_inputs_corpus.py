@@ -150,7 +150,7 @@ CORPUS: list[Entry] = [
     Entry("stale temporary of a killed run", "outputs", stale_temporary, expect="ok"),
     Entry("evaluate report under a file", "outputs", evaluate_out_under_file, match="not a folder"),
     Entry("export onto a file", "outputs", export_to_file, match="is a file"),
-    Entry("import-weights into a read-only folder", "outputs", import_read_only, match="not found|read-only"),
+    Entry("import-weights into a read-only folder", "outputs", import_read_only, match="read-only or not writable"),
     Entry("train into a path under a file", "outputs", lambda root, base: _train_under_file(root, base),
           match="not a folder|is a file"),
     # messages
