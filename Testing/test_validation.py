@@ -105,3 +105,23 @@ def test_unavailable_devices_are_named():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="--device cpu"):
             resolve_device("cuda")
+
+
+def test_data_stored_clipped_is_ct_when_its_reader_declares_the_clip(tmp_path):
+    """LiTS-derived npz data holds only [-45, 160] HU (fat and air read -45): its reader declares that, and the
+    CT check (fat or air below -50 HU) then looks for the saturated floor instead; training validation and
+    cross-validation run such cases through the same pipeline."""
+    from LiverTumorSegTrainLib.datasets import find_cases
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(6, 20, 30)).astype(np.uint8)
+    image[:, :, :5] = 0  # saturated fat
+    label = np.zeros_like(image)
+    np.savez(tmp_path / "lits_like.npz", image=image, label=label, spacing_zyx=np.array([2.0, 1.5, 1.5]),
+             hu_scale=np.float32(205 / 255), hu_offset=np.float32(-45.0), hu_clip=np.array([-45, 160], np.int16))
+    ct, _ = find_cases(tmp_path)[0].load()
+    validate_ct(ct)
+    for key in ct.GetMetaDataKeys():
+        ct.EraseMetaData(key)
+    with pytest.raises(InputImageError, match="does not look like CT"):
+        validate_ct(ct)

@@ -17,20 +17,14 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .errors import LiverTumorSegError
+from .errors import LiverTumorSegError, OneLineArgumentParser, print_error, print_warning
 
 log = logging.getLogger("livertumorseg")
 
 MODEL_ENV = "LIVERTUMORSEG_MODEL"
 
 
-def _error(message: str) -> None:
-    """One line per problem, even when a library's message spans several."""
-    print("livertumorseg: error: " + " ".join(str(message).split()), file=sys.stderr)
-
-
-def _warn(message: str) -> None:
-    print("livertumorseg: warning: " + " ".join(str(message).split()), file=sys.stderr)
+_error, _warn = print_error, print_warning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -269,10 +263,10 @@ def _thresholds(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError("thresholds are comma-separated numbers, e.g. 0.5,0.4") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="livertumorseg", description="Liver and liver-tumour segmentation of CT.")
+def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
+    p = OneLineArgumentParser(prog="livertumorseg", description="Liver and liver-tumour segmentation of CT.")
     p.add_argument("--version", action="version", version=f"livertumorseg {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
 
     s = sub.add_parser("segment", help="segment CT volumes (files, DICOM series folders, or folders of them)")
     s.add_argument("inputs", nargs="+", metavar="INPUT")
@@ -343,29 +337,38 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--overwrite", action="store_true")
     ph.set_defaults(func=cmd_phantom)
 
-    try:  # the training commands, when the training core is installed beside this one
-        from LiverTumorSegTrainLib.commands import register
-    except ModuleNotFoundError as e:
-        if e.name != "LiverTumorSegTrainLib":
-            raise
-    else:
-        register(sub)
+    if with_plugins:
+        for entry in _plugin_entry_points():
+            entry.load()(sub)
     return p
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line (problem and where to look), exit status 1 like every other refusal."""
+#: commands of the segmentation core itself; anything else comes from plugins (the training package)
+CORE_COMMANDS = ("segment", "import-weights", "attach-localizer", "info", "phantom")
+PLUGIN_GROUP = "livertumorseg.commands"
 
-    def error(self, message: str):  # noqa: D102 - argparse's hook
-        _error(f"{message}; see '{self.prog} --help'")
-        raise SystemExit(1)
+
+def _plugin_entry_points() -> list:
+    """Commands other installed packages add (``[project.entry-points."livertumorseg.commands"]``): the
+    training package registers train, crossval, evaluate, export, pseudo-label and demo this way, so the
+    core never imports it and ``segment`` loads none of it."""
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name)
+
+
+def _needs_plugins(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for something beyond the core's own commands (or for the full help)."""
+    words = [a for a in argv if not a.startswith("-")]
+    return not words or words[0] not in CORE_COMMANDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every refusal is one line on stderr and exit status 1 (130 after Ctrl-C)."""
     import warnings
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_plugins=_needs_plugins(argv)).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="livertumorseg: %(message)s")
     try:
         import SimpleITK as sitk

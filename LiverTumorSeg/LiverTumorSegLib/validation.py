@@ -22,6 +22,22 @@ def _sample(array: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
     return array[::step, ::step, ::step]
 
 
+#: image metadata key by which a dataset reader declares the HU range the image really holds ("LO HI")
+HU_VALID_KEY = "LiverTumorSeg_hu_valid"
+
+
+def declared_valid_hu(image) -> tuple[float, float] | None:
+    """The HU range an image's source declared (LiTS-derived data is stored clipped to [-45, 160]: fat and air
+    read -45, so "no voxel below -50 HU" does not mean MR there); None for ordinary images."""
+    if not image.HasMetaDataKey(HU_VALID_KEY):
+        return None
+    try:
+        lo, hi = (float(v) for v in image.GetMetaData(HU_VALID_KEY).split())
+    except ValueError:
+        return None
+    return lo, hi
+
+
 #: plausible CT voxel spacing in mm: in-plane, and between slices (thick-slice CT reaches 10 mm)
 IN_PLANE_MM = (0.2, 5.0)
 SLICE_MM = (0.2, 15.0)
@@ -123,7 +139,9 @@ def validate_ct(image, allow_non_ct: bool = False, modality: str | None = None) 
     if lo < _HU_RANGE[0] or hi > _HU_RANGE[1]:
         raise InputImageError(f"intensities {lo:g}..{hi:g} are outside the CT range; is this CT in Hounsfield units? "
                               f"(pass --allow-non-ct to force)")
-    low_fraction = float(np.count_nonzero(sample < _LOW_HU)) / sample.size
+    valid = declared_valid_hu(image)
+    low = _LOW_HU if valid is None else max(_LOW_HU, valid[0] + 1.0)  # data stored clipped: fat reads the floor
+    low_fraction = float(np.count_nonzero(sample < low)) / sample.size
     if low_fraction < 0.001:
         raise InputImageError(
             f"input does not look like CT in Hounsfield units (minimum {lo:g}, no fat or air below {_LOW_HU:g}); "

@@ -157,18 +157,18 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``livertumorseg train`` as a function: parse ``argv``, train, return the exit code."""
-    from LiverTumorSegLib.cli import _error, _Parser
+    from LiverTumorSegLib.errors import OneLineArgumentParser, print_error
 
-    p = _Parser(prog="livertumorseg train", description="Train a liver/tumour model.")
+    p = OneLineArgumentParser(prog="livertumorseg train", description="Train a liver/tumour model.")
     add_train_arguments(p)
     args = p.parse_args(argv)
     try:
         return cmd_train(args)
     except LiverTumorSegError as e:
-        _error(str(e))
+        print_error(str(e))
         return 1
     except KeyboardInterrupt:
-        _error("interrupted; continue with the same command plus --resume")
+        print_error("interrupted; continue with the same command plus --resume")
         return 130
 
 

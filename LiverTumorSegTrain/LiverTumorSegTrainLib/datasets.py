@@ -36,6 +36,7 @@ import SimpleITK as sitk
 
 from LiverTumorSegLib.errors import InputImageError, LiverTumorSegError
 from LiverTumorSegLib.imageio import read_image_file
+from LiverTumorSegLib.validation import HU_VALID_KEY
 
 #: Dataset kinds, in the order auto-detection tries them.
 KINDS = ("msd", "lits", "ircadb", "npz", "slicer", "phantom-folder")
@@ -488,6 +489,9 @@ def _load_npz(case: LabeledCase) -> tuple[sitk.Image, sitk.Image | None]:
         if hu.min(initial=0) < -32768 or hu.max(initial=0) > 32767:
             raise LiverTumorSegError(f"case {case.case_id}: npz HU out of the int16 range; check hu_scale/hu_offset")
         ct = sitk.GetImageFromArray(hu.astype(np.int16))
+        if "hu_clip" in data.files:  # stored clipped: the pipeline's CT check must know (validation.HU_VALID_KEY)
+            lo, hi = (float(v) for v in np.asarray(data["hu_clip"]).ravel()[:2])
+            ct.SetMetaData(HU_VALID_KEY, f"{lo:g} {hi:g}")
         sz, sy, sx = spacing_zyx
         ct.SetSpacing((sx, sy, sz))
         ct.SetOrigin((crop_x * sx, crop_y * sy, z0))

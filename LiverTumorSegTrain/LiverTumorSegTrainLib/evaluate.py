@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorSegLib.atomicfile import write_json_atomic, write_text_atomic
-from LiverTumorSegLib.errors import InputImageError, LiverTumorSegError
+from LiverTumorSegLib.errors import InputImageError, LiverTumorSegError, print_error
 from LiverTumorSegLib.imageio import read_image_file
 
 from .metrics import (
@@ -403,10 +403,6 @@ def _structure(text: str) -> tuple[str, tuple[int, ...]]:
     return name, parsed
 
 
-def _error(message: str) -> None:
-    print("livertumorseg: error: " + " ".join(str(message).split()), file=sys.stderr)
-
-
 def _read_groups(path: str) -> dict[str, str]:
     import json
 
@@ -428,11 +424,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_folders(args.pred, args.ref, args.output, structures=structures,
                                   overwrite=args.overwrite, progress=not args.quiet, groups=groups)
     except LiverTumorSegError as e:
-        _error(str(e))
+        print_error(str(e))
         return 1
     sys.stdout.write(result["markdown"])
     for f in result["failures"]:
-        _error(f"{f['case']}: {f['error']}")
+        print_error(f"{f['case']}: {f['error']}")
     return 1 if result["failures"] else 0
 
 
