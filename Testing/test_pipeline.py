@@ -360,3 +360,37 @@ def test_several_threshold_sets_share_one_network_pass_and_match_separate_runs(s
     assert not np.array_equal(arrays[0], arrays[2])  # the thresholds did change the labels
     with pytest.raises(Exception, match="2 thresholds needed"):
         segment_at_thresholds(ct, model, [(0.5,)], device="cpu")
+
+
+def test_a_region_inside_the_liver_is_still_ct(small_phantom):
+    """The CT check looks at the whole image: a box holding only liver (no fat or air) used to be refused as MR."""
+    ct, truth = small_phantom
+    t = sitk.GetArrayFromImage(truth)
+    z, y, x = (int(np.median(a)) for a in np.nonzero(t == 1))
+    box = ((x - 2, x + 2), (y - 2, y + 2), (z - 1, z + 1))
+    image = encode_labels(ct, truth)
+    assert (sitk.GetArrayFromImage(image)[z - 1:z + 1, y - 2:y + 2, x - 2:x + 2] > 0).all()  # liver only
+    got = sitk.GetArrayFromImage(segment(image, oracle_model(), device="cpu", region=box))
+    assert (got[z - 1:z + 1, y - 2:y + 2, x - 2:x + 2] > 0).all() and not got[:z - 1].any()
+
+
+def test_a_ninth_label_is_painted():
+    """Bits used to be one byte: with nine labels the ninth was shifted out and never appeared."""
+    from LiverTumorSegLib.labels import LabelSpec, terminology_string
+
+    from conftest import OracleNet
+
+    levels = tuple(0.05 + 0.1 * k for k in range(9))
+    specs = tuple(LabelSpec(f"S{k + 1}", k + 1, (10 * k, 100, 100),
+                            terminology_string(("SCT", "123037004", "Anatomical Structure"), ("", "", f"s{k}")),
+                            "structure") for k in range(9))
+    kwargs = {"in_channels": 1, "channel": 0, "levels": levels}
+    model = SegmentationModel(OracleNet(**kwargs), ModelConfig("test_oracle", kwargs, specs, min_lesion_mm3=0.0))
+    stripes = np.repeat((np.arange(10) * 20 + 5).astype(np.int16), 4)  # 5, 25, ..., 185 HU; x = HU / 200
+    volume = np.broadcast_to(stripes[None, None, :], (4, 16, 40)).copy()
+    volume[:, :2, :2] = -1000  # air: a plausible CT
+    image = sitk.GetImageFromArray(volume)
+    got = sitk.GetArrayFromImage(segment(image, model, device="cpu"))
+    expected = np.searchsorted(np.array(levels) * 200, stripes, side="left")  # labels whose level is below
+    np.testing.assert_array_equal(got[0, 8], expected)
+    assert got.max() == 9

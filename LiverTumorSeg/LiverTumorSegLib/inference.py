@@ -157,18 +157,28 @@ def probabilities(logits: "torch.Tensor", model: SegmentationModel, crop_yx: tup
     return canvas
 
 
+def bits_dtype(n_labels: int) -> np.dtype:
+    """The integer type holding one bit per label: uint8 up to 8 labels (every model so far), wider beyond, so
+    that a ninth label is never shifted out of the byte."""
+    for dtype in (np.uint8, np.int16, np.int32):
+        if n_labels <= np.iinfo(dtype).bits - (0 if dtype == np.uint8 else 1):
+            return np.dtype(dtype)
+    raise LiverTumorSegError(f"{n_labels} labels are more than LiverTumorSeg supports (31)")
+
+
 def threshold_bits(probs: "torch.Tensor", model: SegmentationModel, thresholds: tuple[float, ...]) -> "torch.Tensor":
-    """Probabilities (B, C, h, w) -> uint8 bits (B, h, w): bit i set where label i was predicted."""
+    """Probabilities (B, C, h, w) -> bits (B, h, w) of ``bits_dtype``: bit i set where label i was predicted."""
     import torch
 
+    dtype = getattr(torch, bits_dtype(len(model.config.labels)).name)
     if model.config.output_activation == "softmax":
         label = probs.argmax(dim=1)
         one = torch.ones_like(label)
         bits = torch.where(label > 0, torch.bitwise_left_shift(one, (label - 1).clamp(min=0)), torch.zeros_like(label))
-        return bits.to(torch.uint8)
-    bits = torch.zeros(probs.shape[0], *probs.shape[2:], dtype=torch.uint8, device=probs.device)
+        return bits.to(dtype)
+    bits = torch.zeros(probs.shape[0], *probs.shape[2:], dtype=dtype, device=probs.device)
     for c, threshold in enumerate(thresholds):
-        bits |= (probs[:, c] > threshold).to(torch.uint8) << c
+        bits |= (probs[:, c] > threshold).to(dtype) << c
     return bits
 
 
@@ -272,7 +282,7 @@ def predict_bits(model: SegmentationModel, volume: np.ndarray,
 def predict_model_grid(model: SegmentationModel, volume: np.ndarray, plan: InferencePlan, zs: np.ndarray,
                        progress: ProgressCallback | None = None) -> np.ndarray:
     """Thresholded bits of slices ``zs`` on the model's own grid (no mapping back): the localiser's view."""
-    out = np.zeros((len(zs),) + tuple(plan.model_size_yx), dtype=np.uint8)
+    out = np.zeros((len(zs),) + tuple(plan.model_size_yx), dtype=bits_dtype(len(model.config.labels)))
     position = {int(z): n for n, z in enumerate(zs)}
 
     def consume(z, logits):

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import LiverTumorSegError
 from .geometry import CanonicalFrame
-from .inference import InferencePlan, ProgressCallback, make_plan, predict_bits
+from .inference import InferencePlan, ProgressCallback, bits_dtype, make_plan, predict_bits
 from .labels import LabelSpec
 from .modelfile import SegmentationModel, load_model
 from .postprocess import finalize_labels
@@ -103,7 +103,7 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
     frame = CanonicalFrame.of_image(image)
     volume = frame.view(sitk.GetArrayViewFromImage(image))  # no copy: a strided view of the input
     shape = sitk.GetArrayViewFromImage(image).shape
-    outs = [np.zeros(shape, dtype=np.uint8) for _ in threshold_sets]
+    outs = [np.zeros(shape, dtype=bits_dtype(len(cfg.labels))) for _ in threshold_sets]
     outs_canonical = [frame.view(out) for out in outs]  # writes land on the input grid: the inverse is exact
     plan = make_plan(model, volume.shape, frame.spacing_zyx, torch_device, precision, batch_size)
     z_range, box, done_before = None, None, 0
@@ -140,7 +140,7 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
                         probs_canonical)
         if keep_labels is not None:
             _keep_only(out, cfg.labels, keep_labels)
-        labels = sitk.GetImageFromArray(out)
+        labels = sitk.GetImageFromArray(out if out.dtype == np.uint8 else out.astype(np.uint8))  # label values
         del out, out_canonical
         labels.CopyInformation(image)
         label_maps.append(labels)
@@ -184,7 +184,7 @@ def locate(model: SegmentationModel, volume: np.ndarray, spacing_zyx: tuple[floa
     bits = predict_model_grid(loc, volume, loc_plan, zs, progress=None if progress is None else
                               (lambda d, t: progress(d, t + n)))
     organ_bits = sum(1 << i for i, lab in enumerate(loc.config.labels) if lab.role in ("organ", "lesion"))
-    mask = (bits & np.uint8(organ_bits)) != 0
+    mask = (bits & bits.dtype.type(organ_bits)) != 0
     if not mask.any():
         return Located(None, None, len(zs))
     hl, wl = loc_plan.model_size_yx
@@ -234,6 +234,9 @@ def _segment_region(image, region: IndexBox, model, **options: Any) -> Segmentat
                                  f"((i0, i1), (j0, j1), (k0, k1)) with 0 <= start < stop <= size")
     start = [a for a, _ in box]
     extent = [b - a for a, b in box]
+    # "Is this CT?" is asked of the whole image: a box inside the liver holds no fat or air, and is still CT
+    validate_ct(image, allow_non_ct=options.get("allow_non_ct", False), modality=options.get("modality"))
+    options = {**options, "allow_non_ct": True}
     result = run_segmentation(sitk.RegionOfInterest(image, extent, start), model, **options)
     full = sitk.Image(size, sitk.sitkUInt8)
     full.CopyInformation(image)

@@ -37,7 +37,7 @@ def _select(bits: np.ndarray, box: tuple[slice, ...], mask_bits: int, pad: int =
     region = bits[box]
     inner = out[pad:shape[0] - pad, pad:shape[1] - pad, pad:shape[2] - pad] if pad else out
     for z in range(0, region.shape[0], _SLAB):
-        np.not_equal(region[z:z + _SLAB] & np.uint8(mask_bits), 0, out=inner[z:z + _SLAB])
+        np.not_equal(region[z:z + _SLAB] & region.dtype.type(mask_bits), 0, out=inner[z:z + _SLAB])
     return out
 
 
@@ -143,13 +143,14 @@ def finalize_labels(bits: np.ndarray, labels: tuple[LabelSpec, ...], spacing_zyx
     """
     organ_bits = [i for i, lab in enumerate(labels) if lab.role == "organ"]
     lesion_bits = [i for i, lab in enumerate(labels) if lab.role == "lesion"]
-    lesion_mask_bits = np.uint8(sum(1 << i for i in lesion_bits))
+    bit = bits.dtype.type  # one bit per label, in the bits array's own integer type
+    lesion_mask_bits = bit(sum(1 << i for i in lesion_bits))
     processed: dict[int, CropMask | None] = {}
 
     organ_union: CropMask | None = None
     for i in organ_bits:
         # tumour is liver tissue: include lesion predictions so a tumour never punches a hole in the organ
-        box = bounding_box(bits, lambda slab: (slab & np.uint8((1 << i) | lesion_mask_bits)) != 0)
+        box = bounding_box(bits, lambda slab: (slab & bit((1 << i) | lesion_mask_bits)) != 0)
         if box is None:
             processed[i] = None
             continue
@@ -176,7 +177,7 @@ def finalize_labels(bits: np.ndarray, labels: tuple[LabelSpec, ...], spacing_zyx
             crop = _select(bits, box, 1 << i)
             crop &= organ_union.mask
         else:
-            box = bounding_box(bits, lambda slab: (slab & np.uint8(1 << i)) != 0)
+            box = bounding_box(bits, lambda slab: (slab & bit(1 << i)) != 0)
             if box is None:
                 processed[i] = None
                 continue
@@ -197,7 +198,7 @@ def _paint(bits: np.ndarray, labels: tuple[LabelSpec, ...], processed: dict[int,
         out = np.zeros_like(raw)
         for i, lab in enumerate(labels):
             if i not in processed:
-                out[(raw & np.uint8(1 << i)) != 0] = lab.value
+                out[(raw & raw.dtype.type(1 << i)) != 0] = lab.value
                 continue
             m = processed[i]
             if m is None:
