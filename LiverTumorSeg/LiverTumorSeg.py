@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Sequence
+from typing import Annotated, Any, Callable
 
 import qt
 import slicer
@@ -45,7 +45,10 @@ TORCH_MINIMUM = (2, 1)
 #: Python packages the core needs at inference besides torch (SimpleITK, numpy and vtk come with Slicer):
 #: import name -> pip requirement.
 PIP_REQUIREMENTS = {"slicerio": "slicerio>=1.1", "scipy": "scipy>=1.9", "tqdm": "tqdm>=4.60"}
-DEVICES = ("auto", "cpu", "cuda")
+#: the core's SegmentOptions choices (LiverTumorSegLib.options), repeated here because Slicer builds the parameter
+#: node at startup, before the core may be imported; a test keeps the two identical
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OUTPUTS = ("Liver and tumor", "Liver only")
 EFFECT_NAME = "Liver Tumor AI"
 CATALOG_PREFIX = "catalog:"
@@ -107,9 +110,11 @@ packages are installed on the first run, after you confirm.</p>
 <pre>logic = LiverTumorSeg.LiverTumorSegLogic()
 segmentation = logic.process(getNode("CT"), model="/path/model.pt", device="auto")
 logic.lastReport</pre>
-<p>Options of <code>process</code>: segmentationNode (updated in place), keepLabels=["Liver"], thresholds
-(one per label, or {"Liver": 0.5, "Tumor": 0.4}), minLesionMm3, sliceRange=(first, last), roiNode,
-inProcess=True (no child process), progress=callback. Training: the "Liver Tumor Seg Training" module.</p>
+<p>Options of <code>process</code>: segmentationNode (updated in place), sliceRange=(first, last), roiNode,
+inProcess=True (no child process), progress=callback, and every option of the core's SegmentOptions by name:
+device, precision, batch_size, keep_labels=["Liver"], thresholds (one per label, or {"Liver": 0.5, "Tumor": 0.4}),
+min_lesion_mm3, min_lesion_confidence, organ_margin_mm, use_localizer, allow_non_ct. Training: the "Liver Tumor Seg
+Training" module.</p>
 """)
         self.parent.acknowledgementText = _("""
 The network is REC-UNet (residual "Enhancement-Calibration" U-Net), re-implemented so that its authors'
@@ -131,8 +136,10 @@ class LiverTumorSegParameterNode:
     """inputVolume: the CT; outputSegmentation: updated in place (None: a new one is created); roi: optional
     region to segment; model: the selected model (a file path, or "catalog:<id>"); device: auto/cpu/cuda;
     outputs: liver and tumour, or liver only (tumour counted as liver); overrideModelSettings: use the
-    thresholds and minimum lesion size below instead of the model's; firstSlice/lastSlice: slice range
-    (0 and 0: the whole volume; last 0: to the end); show3D: closed surfaces of the result."""
+    thresholds, minimum lesion size and confidence and organ margin below instead of the model's;
+    firstSlice/lastSlice: slice range (0 and 0: the whole volume; last 0: to the end); show3D: closed surfaces of
+    the result; precision, batchSize (0: automatic), useLocalizer, allowNonCt: as the core's SegmentOptions
+    (every option of the core's ``SegmentOptions`` is set by one of these parameters)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -144,9 +151,15 @@ class LiverTumorSegParameterNode:
     liverThreshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
     tumorThreshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
     minLesionMm3: Annotated[float, WithinRange(0.0, 1000000.0)] = 10.0
+    minLesionConfidence: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
+    organMarginMm: Annotated[float, WithinRange(0.0, 50.0)] = 3.0
     firstSlice: Annotated[int, Minimum(0)] = 0
     lastSlice: Annotated[int, Minimum(0)] = 0
     show3D: bool = False
+    precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
+    batchSize: Annotated[int, Minimum(0)] = 0
+    useLocalizer: bool = True
+    allowNonCt: bool = False
 
 
 #
@@ -261,7 +274,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateOptionWidgets(self, *args) -> None:
         override = bool(self._parameterNode and self._parameterNode.overrideModelSettings)
         for widget in (self.ui.liverThresholdSliderWidget, self.ui.tumorThresholdSliderWidget,
-                       self.ui.minLesionSizeSpinBox):
+                       self.ui.minLesionSizeSpinBox, self.ui.minLesionConfidenceSliderWidget,
+                       self.ui.organMarginSpinBox):
             widget.enabled = override
 
     def _setRunning(self, running: bool) -> None:
@@ -347,13 +361,17 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- running -----------------------------------------------------------------------------------
 
     def _runOptions(self) -> dict[str, Any]:
+        """``process`` arguments from the parameters: the model, the ROI / slice range (which become the
+        core's region) and every other SegmentOptions field by name."""
         p = self._parameterNode
-        options: dict[str, Any] = {"model": p.model, "device": p.device,
-                                   "keepLabels": ["Liver"] if p.outputs == OUTPUTS[1] else None,
-                                   "roiNode": p.roi}
+        options: dict[str, Any] = {"model": p.model, "roiNode": p.roi, "device": p.device, "precision": p.precision,
+                                   "batch_size": p.batchSize or None, "use_localizer": p.useLocalizer,
+                                   "allow_non_ct": p.allowNonCt,
+                                   "keep_labels": ["Liver"] if p.outputs == OUTPUTS[1] else None}
         if p.overrideModelSettings:
-            options["thresholds"] = {"Liver": p.liverThreshold, "Tumor": p.tumorThreshold}
-            options["minLesionMm3"] = p.minLesionMm3
+            options.update(thresholds={"Liver": p.liverThreshold, "Tumor": p.tumorThreshold},
+                           min_lesion_mm3=p.minLesionMm3, min_lesion_confidence=p.minLesionConfidence,
+                           organ_margin_mm=p.organMarginMm)
         if p.firstSlice or p.lastSlice:
             options["sliceRange"] = (p.firstSlice, p.lastSlice if p.lastSlice else None)
         return options
@@ -691,23 +709,23 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     # -- running -----------------------------------------------------------------------------------
 
     def process(self, volumeNode: vtkMRMLScalarVolumeNode, segmentationNode: vtkMRMLSegmentationNode | None = None,
-                model: str | os.PathLike | None = None, device: str = "auto",
-                progress: Callable[[Any], Any] | None = None, keepLabels: Sequence[str] | None = None,
-                thresholds=None, minLesionMm3: float | None = None, sliceRange=None,
-                roiNode: vtkMRMLMarkupsROINode | None = None, inProcess: bool = False) -> vtkMRMLSegmentationNode:
+                model: str | os.PathLike | None = None, progress: Callable[[Any], Any] | None = None,
+                sliceRange=None, roiNode: vtkMRMLMarkupsROINode | None = None, inProcess: bool = False,
+                options=None, **overrides) -> vtkMRMLSegmentationNode:
         """Segment ``volumeNode`` and write "Liver"/"Tumor" segments into ``segmentationNode`` (new if None).
 
         ``model``: a model file, a catalogue id, or None for the default model. ``progress(p)`` gets a
         ``Progress`` (``p.stage``, ``p.done``/``p.total`` slices, ``p.fraction``, ``p.etaSeconds``, ``p.text()``)
-        and may return False to cancel. ``thresholds``: one per model label, or {label name: threshold}.
-        ``sliceRange=(first, last)``: 0-based inclusive slice indices along the axis closest to S (last None:
-        to the end). ``roiNode``: segment only inside this ROI. ``inProcess``: run in this process instead
-        of a child process (blocks the GUI). Existing segments of the same names are updated in place;
-        other segments are not touched. The lesion report is kept in ``self.lastReport``.
+        and may return False to cancel. ``sliceRange=(first, last)``: 0-based inclusive slice indices along the
+        axis closest to S (last None: to the end). ``roiNode``: segment only inside this ROI. ``inProcess``: run
+        in this process instead of a child process (blocks the GUI). Everything else is the core's
+        ``SegmentOptions``, given whole (``options``) or by field name (``device="cpu"``,
+        ``keep_labels=["Liver"]``, ``thresholds=(0.5, 0.3)`` or ``{"Tumor": 0.3}``, ``min_lesion_mm3``, ...).
+        Existing segments of the same names are updated in place; other segments are not touched. The lesion
+        report is kept in ``self.lastReport``.
         """
-        job = self.prepareJob(volumeNode, segmentationNode, model=model, device=device, keepLabels=keepLabels,
-                              thresholds=thresholds, minLesionMm3=minLesionMm3, sliceRange=sliceRange,
-                              roiNode=roiNode)
+        job = self.prepareJob(volumeNode, segmentationNode, model=model, sliceRange=sliceRange, roiNode=roiNode,
+                              options=options, **overrides)
         try:
             self.runJob(job, progress=progress, inProcess=inProcess)
             return self.finishJob(job)
@@ -715,8 +733,8 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
             job.cleanup()
 
     def prepareJob(self, volumeNode: vtkMRMLScalarVolumeNode, segmentationNode: vtkMRMLSegmentationNode | None = None,
-                   model=None, device: str = "auto", keepLabels=None, thresholds=None, minLesionMm3=None,
-                   sliceRange=None, roiNode: vtkMRMLMarkupsROINode | None = None):
+                   model=None, sliceRange=None, roiNode: vtkMRMLMarkupsROINode | None = None, options=None,
+                   **overrides):
         """Pull the volume and resolve the options (nothing runs yet)."""
         import sitkUtils
 
@@ -727,37 +745,41 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"volume '{volumeNode.GetName()}' has no voxels")
         image = sitkUtils.PullVolumeFromSlicer(volumeNode)
         region = self.regionFor(image, volumeNode, roiNode=roiNode, sliceRange=sliceRange)
-        job = self.prepareImageJob(image, model=model, device=device, keepLabels=keepLabels, thresholds=thresholds,
-                                   minLesionMm3=minLesionMm3, region=region)
+        job = self.prepareImageJob(image, model=model, options=options, region=region, **overrides)
         job.volumeNode, job.segmentationNode = volumeNode, segmentationNode
         return job
 
-    def prepareImageJob(self, image, model=None, device: str = "auto", keepLabels=None, thresholds=None,
-                        minLesionMm3=None, region=None):
+    def prepareImageJob(self, image, model=None, options=None, **overrides):
         """A job for a SimpleITK image (the Segment Editor effect's source volume)."""
-        from SegmentEditorLiverTumorAILib.runner import RunOptions, SegmentationJob
+        from SegmentEditorLiverTumorAILib.runner import SegmentationJob
 
-        if device not in DEVICES + ("mps",):
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
         modelFile = self.resolveModel(model)
-        options = RunOptions(str(modelFile), device=device, thresholds=self._thresholds(modelFile, thresholds),
-                             minLesionMm3=None if minLesionMm3 is None else float(minLesionMm3),
-                             keepLabels=list(keepLabels) if keepLabels else None, region=region)
-        return SegmentationJob(image, options)
+        return SegmentationJob(image, modelFile, self.segmentOptions(modelFile, options, **overrides))
 
     @staticmethod
-    def _thresholds(modelFile: Path, thresholds) -> tuple[float, ...] | None:
-        """One threshold per model label; a {name: value} mapping keeps the model's value for other labels."""
-        if thresholds is None:
-            return None
+    def segmentOptions(modelFile: Path, options=None, **overrides):
+        """The core's SegmentOptions: ``options`` (default: the model's settings) with ``overrides`` by field
+        name; thresholds may be given per label name ({"Tumor": 0.3}: the model's value for the others)."""
+        import dataclasses
+
+        from LiverTumorSegLib.options import SegmentOptions
+
+        thresholds = overrides.get("thresholds")
         if isinstance(thresholds, dict):
             from LiverTumorSegLib.catalog import read_model_config
 
             config = read_model_config(modelFile)
             given = {str(k).lower(): float(v) for k, v in thresholds.items()}
-            return tuple(given.get(lab.name.lower(), default) for lab, default in zip(config.labels,
-                                                                                       config.thresholds))
-        return tuple(float(t) for t in thresholds)
+            overrides["thresholds"] = tuple(given.get(lab.name.lower(), default)
+                                            for lab, default in zip(config.labels, config.thresholds))
+        try:
+            options = dataclasses.replace(options or SegmentOptions(), **overrides)
+        except TypeError as e:
+            raise ValueError(f"unknown segmentation option ({e}); use the names of LiverTumorSegLib.options."
+                             f"SegmentOptions") from None
+        if options.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {options.device!r}")
+        return options
 
     @staticmethod
     def regionFor(image, volumeNode: vtkMRMLScalarVolumeNode, roiNode: vtkMRMLMarkupsROINode | None = None,
@@ -837,8 +859,8 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
         if segmentationNode.GetNodeReference(role) is None:
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        specs = [s for s in job.specs if not job.options.keepLabels
-                 or s.name.lower() in {k.lower() for k in job.options.keepLabels}]
+        keep = job.options.keep_labels if job.options is not None else None
+        specs = [s for s in job.specs if not keep or s.name.lower() in {k.lower() for k in keep}]
         wasModifying = segmentationNode.StartModify()
         try:
             segments.writeLabelmapToSegments(segmentationNode, job.labels, volumeNode, specs)
@@ -998,7 +1020,7 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Slice range: nothing outside slices 10-19")
         segmentationNode = logic.process(volumeNode, model=model, device="cpu", sliceRange=(10, 19), inProcess=True,
-                                         keepLabels=["Liver"])
+                                         keep_labels=["Liver"])
         liver = self._segmentArray(segmentationNode, "Liver", volumeNode)
         self.assertFalse(liver[:10].any() or liver[20:].any())
         self.assertTrue(liver[10:20].any())

@@ -302,18 +302,19 @@ def test_errors_come_from_error_events_and_error_lines():
 
 
 def test_the_command_line():
-    argv = runner.segmentCommand("/in/ct.nrrd", "/out", "/m/model.pt", device="cuda", thresholds=(0.5, 0.25),
-                                 minLesionMm3=20, keepLabels=["Liver"], region=((1, 5), (0, 9), (2, 3)),
-                                 batchSize=4, python="/slicer/bin/PythonSlicer")
-    assert argv == ["/slicer/bin/PythonSlicer", "-m", "LiverTumorSegLib", "segment", "/in/ct.nrrd", "-o", "/out",
-                    "--model", "/m/model.pt", "--device", "cuda", "--progress", "json", "--overwrite", "--quiet",
-                    "--thresholds", "0.5,0.25", "--min-lesion-mm3", "20.0", "--keep", "Liver",
-                    "--region", "1", "5", "0", "9", "2", "3", "--batch-size", "4"]
     from LiverTumorSegLib.cli import build_parser
+    from LiverTumorSegLib.options import SegmentOptions
 
-    args = build_parser().parse_args(argv[3:])  # the core's own parser accepts exactly this
-    assert args.thresholds == (0.5, 0.25) and args.region == [1, 5, 0, 9, 2, 3] and args.keep == ["Liver"]
+    options = SegmentOptions(device="cuda", precision="fp32", batch_size=4, thresholds=(0.5, 0.25),
+                             min_lesion_mm3=20, min_lesion_confidence=0.6, organ_margin_mm=2.5, keep_labels=("Liver",),
+                             region=((1, 5), (0, 9), (2, 3)), use_localizer=False, allow_non_ct=True)
+    argv = runner.segmentCommand("/in/ct.nrrd", "/out", "/m/model.pt", options, python="/slicer/bin/PythonSlicer")
+    assert argv[:12] == ["/slicer/bin/PythonSlicer", "-m", "LiverTumorSegLib", "segment", "/in/ct.nrrd", "-o",
+                         "/out", "--model", "/m/model.pt", "--progress", "json", "--overwrite"]
+    args = build_parser(with_plugins=False).parse_args(argv[3:])  # the core's own parser accepts exactly this
+    assert SegmentOptions.from_args(args) == options  # and reads back every option
     assert runner.segmentCommand("a", "b", "c")[0] == runner.pythonExecutable()
+    assert runner.segmentCommand("a", "b", "c", SegmentOptions())[-1] == "--quiet"  # defaults add no flags
 
 
 def test_python_executable_outside_slicer_is_this_python(monkeypatch):
@@ -500,12 +501,14 @@ def phantom():
 
 
 def job_for(image, model, **options) -> runner.SegmentationJob:
-    return runner.SegmentationJob(image, runner.RunOptions(model, device="cpu", **options))
+    from LiverTumorSegLib.options import SegmentOptions
+
+    return runner.SegmentationJob(image, model, SegmentOptions(device="cpu", **options))
 
 
 def test_a_child_process_run_reports_progress_and_its_outputs(tiny_model, phantom):
     ct, _truth = phantom
-    job = job_for(ct, tiny_model, batchSize=4)
+    job = job_for(ct, tiny_model, batch_size=4)
     seen = []
     try:
         job.run(lambda p: seen.append((p.stage, p.done, p.total, p.fraction)), pythonPath=[str(MODULE_DIR)])
@@ -530,8 +533,8 @@ def test_a_child_process_run_reports_progress_and_its_outputs(tiny_model, phanto
 
 def test_in_process_and_child_process_agree(tiny_model, phantom):
     ct, _truth = phantom
-    child = job_for(ct, tiny_model, region=((8, 56), (0, 64), (2, 14)), keepLabels=["Liver"])
-    inproc = job_for(ct, tiny_model, region=((8, 56), (0, 64), (2, 14)), keepLabels=["Liver"])
+    child = job_for(ct, tiny_model, region=((8, 56), (0, 64), (2, 14)), keep_labels=["Liver"])
+    inproc = job_for(ct, tiny_model, region=((8, 56), (0, 64), (2, 14)), keep_labels=["Liver"])
     try:
         child.run(pythonPath=[str(MODULE_DIR)])
         stages = []
@@ -553,7 +556,7 @@ def test_cancel_kills_the_run_quickly_and_leaves_no_outputs(tiny_model):
     from LiverTumorSegLib.phantom import make_phantom
 
     ct, _ = make_phantom(shape_zyx=(120, 128, 128), spacing_zyx=(2.0, 2.0, 2.0), seed=3)
-    job = job_for(ct, tiny_model, batchSize=1)
+    job = job_for(ct, tiny_model, batch_size=1)
     process = job.childProcess(pythonPath=[str(MODULE_DIR)]).start()
     try:
         deadline = time.monotonic() + 120

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from . import __version__
 from .errors import LiverTumorSegError, OneLineArgumentParser, print_error, print_warning
+from .options import SegmentOptions, parse_numbers
 
 log = logging.getLogger("livertumorseg")
 
@@ -66,9 +67,6 @@ def _emit(args: argparse.Namespace, event: str, **fields) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    if args.region is not None:
-        r = args.region
-        args.region = ((r[0], r[1]), (r[2], r[3]), (r[4], r[5]))
     from tqdm import tqdm
 
     from .atomicfile import ensure_output_folder, write_image_atomic, write_json_atomic
@@ -84,7 +82,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                  "(train one, or convert the authors' weights with 'livertumorseg import-weights')")
     _emit(args, "stage", stage="loading model", model=str(model_path))
     model = load_model(model_path)
-    validate_options(len(model.config.labels), args.thresholds, args.min_lesion_mm3, args.min_lesion_confidence)
+    options = SegmentOptions.from_args(args)
+    validate_options(len(model.config.labels), options.thresholds, options.min_lesion_mm3,
+                     options.min_lesion_confidence, options.organ_margin_mm)
     cases = discover_cases(args.inputs)
     if not cases:
         raise LiverTumorSegError(f"no CT images or DICOM series found in {' '.join(args.inputs)}; give NIfTI, NRRD "
@@ -113,12 +113,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     bar.update(done - bar.n)
                     _emit(args, "progress", case=case.case_id, stage="segmenting", done=done, total=total)
 
-                result = run_segmentation(
-                    image, model, device=args.device, batch_size=args.batch_size, precision=args.precision,
-                    progress=progress, allow_non_ct=args.allow_non_ct, modality=modality,
-                    min_lesion_mm3=args.min_lesion_mm3, thresholds=args.thresholds, region=args.region,
-                    keep_labels=args.keep, use_localizer=args.use_localizer,
-                    min_lesion_confidence=args.min_lesion_confidence)
+                result = run_segmentation(image, model, progress=progress, modality=modality,
+                                          **options.pipeline_kwargs())
             _emit(args, "stage", case=case.case_id, stage="writing")
             t = time.perf_counter()
             written: list[Path] = []
@@ -256,13 +252,6 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def _thresholds(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("thresholds are comma-separated numbers, e.g. 0.5,0.4") from None
-
-
 def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog="livertumorseg", description="Liver and liver-tumour segmentation of CT.")
     p.add_argument("--version", action="version", version=f"livertumorseg {__version__}")
@@ -272,25 +261,9 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", metavar="INPUT")
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     s.add_argument("--model", metavar="FILE", help=f"model file (.pt); default: ${MODEL_ENV} or the shipped model")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    s.add_argument("--batch-size", type=int, default=None, metavar="N", help="slices per batch (default: by device)")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    s.add_argument("--thresholds", type=_thresholds, default=None, metavar="T1,T2",
-                   help="probability threshold per label (default: the model's)")
-    s.add_argument("--min-lesion-mm3", type=float, default=None, metavar="MM3",
-                   help="remove lesions smaller than this (default: the model's)")
-    s.add_argument("--min-lesion-confidence", type=float, default=None, metavar="P",
-                   help="remove lesions whose mean probability is below P, 0..1 (default: the model's; "
-                        "each lesion's confidence is in the report)")
-    s.add_argument("--keep", type=lambda t: [v for v in t.split(",") if v], default=None, metavar="LABEL,...",
-                   help="output only these labels, e.g. Liver (tumour then counts as liver)")
-    s.add_argument("--region", type=int, nargs=6, default=None, metavar=("I0", "I1", "J0", "J1", "K0", "K1"),
-                   help="segment only this index box (half-open voxel ranges; an ROI or a slice range)")
+    SegmentOptions.add_arguments(s)  # every pipeline option, declared once in options.py
     s.add_argument("--progress", choices=["bar", "json"], default="bar",
                    help="json: one JSON event per line on stdout (for front ends running this as a subprocess)")
-    s.add_argument("--no-localizer", dest="use_localizer", action="store_false",
-                   help="run the fine model on every whole slice even if the model has a localiser stage")
-    s.add_argument("--allow-non-ct", action="store_true", help="skip the check that the input is CT in HU")
     s.add_argument("--allow-incomplete-series", action="store_true",
                    help="segment a DICOM series with missing or unreadable slices anyway (a warning in the report)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -315,7 +288,7 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     a.add_argument("-o", "--output", required=True, metavar="OUT.pt")
     a.add_argument("--name", default=None, help="model name shown to users (default: MODEL's)")
     a.add_argument("--description", default=None, help="one paragraph shown to users: data, licence, limits")
-    a.add_argument("--thresholds", type=_thresholds, default=None, metavar="T1,T2",
+    a.add_argument("--thresholds", type=parse_numbers, default=None, metavar="T1,T2",
                    help="store these probability thresholds (e.g. the ones cross-validation chose)")
     a.add_argument("--min-lesion-confidence", type=float, default=None, metavar="P",
                    help="store this per-lesion keep-threshold (e.g. crossval's confidence.json 'all_folds')")

@@ -19,6 +19,7 @@ from .context import context_positions, context_step_slices, read_context
 from .errors import LiverTumorSegError, SegmentationCancelled
 from .geometry import padded_size, resampled_size
 from .modelfile import SegmentationModel
+from .options import PRECISIONS
 
 if TYPE_CHECKING:  # torch is imported lazily: Slicer imports this package at startup
     import torch
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 #: ``progress(done_slices, total_slices)``; returning False cancels the run
 ProgressCallback = Callable[[int, int], "bool | None"]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass

@@ -174,7 +174,7 @@ report. The first run installs PyTorch and other Python packages after you confi
         model = self.scriptedEffect.parameter("Model") or self.modelComboBox.currentData or None
         job = logic.prepareImageJob(image, model=model,
                                     device=self.scriptedEffect.parameter("Device") or "auto",
-                                    keepLabels=[ORGAN_NAME] if output == "liver" else None)
+                                    keep_labels=[ORGAN_NAME] if output == "liver" else None)
         dialog = slicer.util.createProgressDialog(value=0, maximum=100, windowTitle="Liver Tumor AI",
                                                   labelText="Starting...")
         try:

@@ -204,27 +204,13 @@ def pythonExecutable() -> str:
 
 
 def segmentCommand(inputFile: str | os.PathLike, outputDir: str | os.PathLike, modelFile: str | os.PathLike,
-                   device: str = "auto", thresholds: Sequence[float] | None = None,
-                   minLesionMm3: float | None = None, keepLabels: Sequence[str] | None = None,
-                   region=None, batchSize: int | None = None,
-                   python: str | Sequence[str] | None = None) -> list[str]:
-    """The argument list of ``segment`` for one input file; ``region`` = ((i0, i1), (j0, j1), (k0, k1));
-    ``batchSize``: slices per batch (default: the core picks by device and memory)."""
+                   options=None, python: str | Sequence[str] | None = None) -> list[str]:
+    """The argument list of ``segment`` for one input file; ``options`` (a core ``SegmentOptions``) become the
+    same flags the core declares for them (``SegmentOptions.to_argv``)."""
     head = [python] if isinstance(python, str) else list(python or [pythonExecutable()])
     argv = head + ["-m", "LiverTumorSegLib", "segment", str(inputFile), "-o", str(outputDir),
-                   "--model", str(modelFile), "--device", str(device or "auto"),
-                   "--progress", "json", "--overwrite", "--quiet"]
-    if thresholds is not None:
-        argv += ["--thresholds", ",".join(repr(float(t)) for t in thresholds)]
-    if minLesionMm3 is not None:
-        argv += ["--min-lesion-mm3", repr(float(minLesionMm3))]
-    if keepLabels:
-        argv += ["--keep", ",".join(str(k) for k in keepLabels)]
-    if region is not None:
-        argv += ["--region", *[str(int(v)) for pair in region for v in pair]]
-    if batchSize is not None:
-        argv += ["--batch-size", str(int(batchSize))]
-    return argv
+                   "--model", str(modelFile), "--progress", "json", "--overwrite", "--quiet"]
+    return argv + (options.to_argv() if options is not None else [])
 
 
 def childEnvironment(base: dict[str, str] | None = None, pythonPath: Sequence[str] = ()) -> dict[str, str]:
@@ -456,10 +442,8 @@ def readOutputs(outputs: dict[str, str]):
     return labels, specs, report
 
 
-def runInProcess(image, modelFile: str | os.PathLike, device: str = "auto",
-                 progress: Callable[[Progress], Any] | None = None, thresholds: Sequence[float] | None = None,
-                 minLesionMm3: float | None = None, keepLabels: Sequence[str] | None = None, region=None,
-                 batchSize: int | None = None, clock: Callable[[], float] = time.monotonic):
+def runInProcess(image, modelFile: str | os.PathLike, options=None,
+                 progress: Callable[[Progress], Any] | None = None, clock: Callable[[], float] = time.monotonic):
     """The same as a child process run, in this process: (label map, segment specs, report).
 
     ``progress(progress)`` may return False to cancel (raises SegmentationCancelledError).
@@ -483,10 +467,11 @@ def runInProcess(image, modelFile: str | os.PathLike, device: str = "auto",
     def onSlices(done: int, total: int) -> bool:
         return emit({"event": "progress", "stage": "segmenting", "done": done, "total": total}) is not False
 
+    from LiverTumorSegLib.options import SegmentOptions
+
+    options = options if options is not None else SegmentOptions()
     try:
-        result = run_segmentation(image, str(modelFile), device=device, batch_size=batchSize, progress=onSlices,
-                                  thresholds=tuple(thresholds) if thresholds is not None else None,
-                                  min_lesion_mm3=minLesionMm3, region=region, keep_labels=keepLabels)
+        result = run_segmentation(image, str(modelFile), progress=onSlices, **options.pipeline_kwargs())
     except SegmentationCancelled:
         raise SegmentationCancelledError("segmentation cancelled") from None
     emit({"event": "stage", "stage": "writing"})
@@ -498,19 +483,6 @@ def runInProcess(image, modelFile: str | os.PathLike, device: str = "auto",
     return result.labels, specs, report
 
 
-@dataclass
-class RunOptions:
-    """What a run needs besides the image: the model file and the core's options."""
-
-    modelFile: str
-    device: str = "auto"
-    thresholds: tuple[float, ...] | None = None
-    minLesionMm3: float | None = None
-    keepLabels: list[str] | None = None
-    region: tuple | None = None
-    batchSize: int | None = None
-
-
 class SegmentationJob:
     """One run: the image and options going in; the label map, segment specs, report and log coming out.
 
@@ -518,9 +490,11 @@ class SegmentationJob:
     glue keeps the volume and segmentation nodes on it; nothing here touches them.
     """
 
-    def __init__(self, image, options: RunOptions, volumeNode=None, segmentationNode=None) -> None:
+    def __init__(self, image, modelFile: str | os.PathLike, options=None, volumeNode=None,
+                 segmentationNode=None) -> None:
         self.image = image
-        self.options = options
+        self.modelFile = str(modelFile)
+        self.options = options  # a core SegmentOptions (None: the model's defaults)
         self.volumeNode = volumeNode
         self.segmentationNode = segmentationNode
         self.labels = None
@@ -553,10 +527,8 @@ class SegmentationJob:
         folder = self.folder()
         inputFile = os.path.join(folder, "volume.nrrd")
         sitk.WriteImage(self.image, inputFile, False)
-        o = self.options
-        argv = segmentCommand(inputFile, os.path.join(folder, "output"), o.modelFile, device=o.device,
-                              thresholds=o.thresholds, minLesionMm3=o.minLesionMm3, keepLabels=o.keepLabels,
-                              region=o.region, batchSize=o.batchSize, python=python)
+        argv = segmentCommand(inputFile, os.path.join(folder, "output"), self.modelFile, self.options,
+                              python=python)
         return SegmentationProcess(argv, env=childEnvironment(env, pythonPath), cwd=folder)
 
     def takeResults(self, process: SegmentationProcess) -> None:
@@ -568,11 +540,9 @@ class SegmentationJob:
             pythonPath: Sequence[str] = (), python: str | Sequence[str] | None = None,
             interval: float = 0.1) -> "SegmentationJob":
         """Run to the end (blocking); ``progress(progress)`` may return False to cancel."""
-        o = self.options
         if inProcess:
-            self.labels, self.specs, self.report = runInProcess(
-                self.image, o.modelFile, device=o.device, progress=progress, thresholds=o.thresholds,
-                minLesionMm3=o.minLesionMm3, keepLabels=o.keepLabels, region=o.region, batchSize=o.batchSize)
+            self.labels, self.specs, self.report = runInProcess(self.image, self.modelFile, self.options,
+                                                                progress=progress)
             self.log = ""
             return self
         process = self.childProcess(pythonPath, python)
