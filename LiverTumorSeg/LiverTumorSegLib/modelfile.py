@@ -30,6 +30,7 @@ FORMAT_VERSION = 2
 ACTIVATIONS = ("sigmoid", "softmax")
 #: window_to_unit: HU clipped to ``window_hu`` and mapped linearly to [-1, 1] (the authors' /200 for [-200, 200])
 NORMALIZATIONS = ("window_to_unit",)
+INFERERS = ("slices", "sliding_window")
 
 
 @dataclass
@@ -65,8 +66,19 @@ class ModelConfig:
     min_lesion_confidence: float = 0.0
     #: lesions are kept only inside the organ dilated by this margin
     organ_margin_mm: float = 3.0
-    #: height and width given to the network are padded to a multiple of this
+    #: spatial sizes given to the network are padded to a multiple of this (the network's own, see
+    #: ``models.input_contract``; checked on load)
     size_multiple: int = 16
+    #: 2: the network sees slices (with context channels); 3: it sees volume patches
+    spatial_dims: int = 2
+    #: how the pipeline runs the network: "slices" (batched 2.5-D slice stacks) or "sliding_window" (3-D patches
+    #: with overlap and Gaussian weighting)
+    inferer: str = "slices"
+    #: sliding window: the patch size (z, y, x) in model voxels, and the overlap between neighbouring patches
+    patch_size: tuple[int, ...] | None = None
+    overlap: float = 0.5
+    #: slice spacing (mm) of the model grid for 3-D models; None keeps the scan's slice spacing
+    spacing_z_mm: float | None = None
     #: coarse-to-fine: the region found by the model's localiser stage is grown by this margin (mm)
     localizer_margin_mm: float = 15.0
     #: coarse-to-fine also crops in-plane (not only the slice range). Off for REC-UNet: its triplet
@@ -108,6 +120,22 @@ class ModelConfig:
             if not self.context_step_mm > 0:
                 raise ValueError("context_step_mm must be a positive number of mm or None")
         self.window_before_resampling = bool(self.window_before_resampling)
+        if self.inferer not in INFERERS:
+            raise ValueError(f"inferer must be one of {INFERERS}, not {self.inferer!r}")
+        if self.spatial_dims not in (2, 3) or (self.inferer == "slices") != (self.spatial_dims == 2):
+            raise ValueError("2-D networks run with the 'slices' inferer, 3-D networks with 'sliding_window'")
+        if self.inferer == "sliding_window":
+            if self.patch_size is None or len(self.patch_size) != 3 or \
+                    any(int(p) < 1 or int(p) % int(self.size_multiple) for p in self.patch_size):
+                raise ValueError("a sliding-window model needs a patch_size (z, y, x) of multiples of its "
+                                 "size_multiple")
+            self.patch_size = tuple(int(p) for p in self.patch_size)
+            if not 0.0 <= float(self.overlap) < 1.0:
+                raise ValueError("overlap must be in [0, 1)")
+            if self.context_slices:
+                raise ValueError("3-D models take no context slices")
+        if self.spacing_z_mm is not None and not float(self.spacing_z_mm) > 0:
+            raise ValueError("spacing_z_mm must be positive or None")
         self.min_lesion_confidence = float(self.min_lesion_confidence)
         if not 0.0 <= self.min_lesion_confidence < 1.0:
             raise ValueError("min_lesion_confidence must be in [0, 1)")
@@ -126,6 +154,7 @@ class ModelConfig:
         d["window_hu"] = list(self.window_hu)
         d["spacing_yx_mm"] = None if self.spacing_yx_mm is None else list(self.spacing_yx_mm)
         d["thresholds"] = list(self.thresholds)
+        d["patch_size"] = None if self.patch_size is None else list(self.patch_size)
         return d
 
     @classmethod
@@ -310,8 +339,15 @@ def _check_weights_and_outputs(network: "torch.nn.Module", config: ModelConfig, 
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ModelFileError(f"{where} holds NaN or infinite weights ({name}); the training run diverged or "
                                  f"the file is damaged: use another model file")
-    m = max(16, int(config.size_multiple))
-    probe = torch.zeros(1, config.in_channels, 2 * m, 2 * m)
+    from .models import input_contract
+
+    contract = input_contract(network)
+    if int(config.size_multiple) % contract["size_multiple"] or contract["spatial_dims"] != config.spatial_dims:
+        raise ModelFileError(f"{where}: its network needs {contract['spatial_dims']}-D input in multiples of "
+                             f"{contract['size_multiple']}, but the file says {config.spatial_dims}-D in multiples "
+                             f"of {config.size_multiple}; the file is inconsistent: re-export it")
+    m = int(config.size_multiple)
+    probe = torch.zeros(1, config.in_channels, *([2 * m if config.spatial_dims == 2 else m] * config.spatial_dims))
     try:
         with torch.inference_mode():
             out = network.eval()(probe)
@@ -319,7 +355,7 @@ def _check_weights_and_outputs(network: "torch.nn.Module", config: ModelConfig, 
         raise ModelFileError(f"{where}: its network does not take {config.in_channels} input channels "
                              f"({config.context_slices} context slices each side) ({str(e).splitlines()[0][:100]}); "
                              f"the file is inconsistent: re-export it") from None
-    if out.ndim != 4 or out.shape[1] != config.out_channels:
+    if out.ndim != 2 + config.spatial_dims or out.shape[1] != config.out_channels:
         raise ModelFileError(f"{where}: its network outputs {out.shape[1] if out.ndim > 1 else '?'} channels but it "
                              f"lists {len(config.labels)} labels ({', '.join(lab.name for lab in config.labels)}"
                              f"{' + background' if config.output_activation == 'softmax' else ''}); the file is "

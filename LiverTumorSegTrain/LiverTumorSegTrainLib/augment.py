@@ -79,3 +79,22 @@ def augment(x: torch.Tensor, y: torch.Tensor, seeds: list[tuple[int, int, int]],
     for i in np.flatnonzero(p["blur"]):
         x[i:i + 1] = _blur(x[i:i + 1], float(p["sigma"][i]))
     return x, y
+
+
+def augment_intensity(x: torch.Tensor, seeds: list[tuple[int, int, int]], intensity_shift: float = 0.08,
+                      intensity_scale: float = 0.1) -> torch.Tensor:
+    """The intensity part of ``augment`` (shift, scale, gamma, noise) for inputs of any spatial dimension: 3-D
+    patches get no geometric augmentation yet."""
+    p = _params(seeds, intensity_shift, intensity_scale)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+
+    def col(name: str) -> torch.Tensor:
+        return torch.tensor(p[name], dtype=x.dtype, device=x.device).view(shape)
+
+    x = x * col("iscale") + col("shift")
+    gamma = torch.where(col("gam") > 0, col("gamma"), torch.ones_like(col("gamma")))
+    x = ((x.clamp(-1, 1) + 1) / 2).pow(gamma) * 2 - 1
+    for i in np.flatnonzero(p["noise"]):
+        g = torch.Generator().manual_seed(int(p["seed"][i]) + 1)
+        x[i] += (torch.randn(x.shape[1:], generator=g) * float(p["sd"][i])).to(x.device)
+    return x

@@ -67,6 +67,29 @@ def channel_targets(labels: np.ndarray, specs: tuple[LabelSpec, ...],
     return out
 
 
+def class_targets(labels: np.ndarray, specs: tuple[LabelSpec, ...],
+                  lesion_values: tuple[int, ...] | None = None) -> np.ndarray:
+    """Label values -> one-hot targets of a softmax head: channel 0 background, channel i+1 label i.
+
+    Classes are exclusive: where labels nest (tumour inside liver) the later label wins, as the pipeline paints
+    them; an organ whose lesions are not among the model's labels includes them (a liver-only model).
+    """
+    if lesion_values is None:
+        lesion_values = tuple(s.value for s in specs if s.role == "lesion")
+    own = {s.value for s in specs}
+    index = np.zeros(labels.shape, dtype=np.int64)
+    for c, spec in enumerate(specs, start=1):
+        values = [spec.value] + ([v for v in lesion_values if v not in own] if spec.role == "organ" else [])
+        index[np.isin(labels, values)] = c
+    return (index[None] == np.arange(len(specs) + 1).reshape((-1,) + (1,) * labels.ndim)).astype(np.float32)
+
+
+def targets_for(labels: np.ndarray, specs: tuple[LabelSpec, ...], lesion_values: tuple[int, ...] | None,
+                activation: str) -> np.ndarray:
+    return class_targets(labels, specs, lesion_values) if activation == "softmax" else \
+        channel_targets(labels, specs, lesion_values)
+
+
 def _crop_origin(case: CachedCase, z: int, crop: int, rng: np.random.Generator) -> tuple[int, int]:
     """Top-left corner of a crop that contains a random foreground point when there is one."""
     h, w = case.image.shape[1:]
@@ -93,7 +116,7 @@ def _window(array: np.ndarray, zs: np.ndarray, y0: int, x0: int, size: tuple[int
 
 def build_batch(cases: list[CachedCase], samples: list[Sample], specs: tuple[LabelSpec, ...], context: int,
                 crop: int | None, multiple: int, epoch: int, seed: int, lesion_values: tuple[int, ...] | None = None,
-                context_step_mm: float | None = None):
+                context_step_mm: float | None = None, activation: str = "sigmoid"):
     """(HU slices, targets, weights) tensors for a batch: (B, 2k+1, S, S), (B, C, S, S), (B,).
 
     The context channels come from the pipeline's own ``read_context`` (neighbours ``context_step_mm``
@@ -115,8 +138,38 @@ def build_batch(cases: list[CachedCase], samples: list[Sample], specs: tuple[Lab
         positions = context_positions(np.array([s.z]), context, context_step_slices(context_step_mm,
                                                                                     case.spacing_zyx[0]), n)[0]
         images.append(read_context(lambda zs: _window(case.image, zs, y0, x0, size, AIR_HU), positions, n))
-        targets.append(channel_targets(_window(case.labels, np.array([s.z]), y0, x0, size, 0)[0], specs,
-                                       lesion_values))
+        targets.append(targets_for(_window(case.labels, np.array([s.z]), y0, x0, size, 0)[0], specs, lesion_values,
+                                   activation))
+        weights.append(case.weight)
+    return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)),
+            torch.tensor(weights, dtype=torch.float32))
+
+
+def build_patches(cases: list[CachedCase], samples: list[Sample], specs: tuple[LabelSpec, ...],
+                  patch: tuple[int, int, int], epoch: int, seed: int, lesion_values: tuple[int, ...] | None = None,
+                  activation: str = "sigmoid"):
+    """3-D patches for volume networks: (B, 1, D, H, W) HU, (B, C, D, H, W) targets, (B,) weights. A sample's
+    slice is the patch's centre plane (so tumour oversampling works as for slices); in-plane the patch is placed
+    around a foreground point of that slice, like a 2-D crop; what overhangs the scan is air and background."""
+    import torch
+
+    d, h, w = patch
+    images, targets, weights = [], [], []
+    for s in samples:
+        case = cases[s.case]
+        rng = np.random.default_rng([seed, epoch, s.index, 0xC3])
+        y0, x0 = _crop_origin(case, s.z, max(h, w), rng)
+        y0, x0 = y0 + (max(h, w) - h) // 2, x0 + (max(h, w) - w) // 2
+        z0 = s.z - d // 2 + int(rng.integers(-(d // 4), d // 4 + 1))
+        zs = np.arange(z0, z0 + d)
+        inside = (zs >= 0) & (zs < case.image.shape[0])
+        image = np.full((d, h, w), AIR_HU, dtype=case.image.dtype)
+        labels = np.zeros((d, h, w), dtype=case.labels.dtype)
+        if inside.any():
+            image[inside] = _window(case.image, zs[inside], y0, x0, (h, w), AIR_HU)
+            labels[inside] = _window(case.labels, zs[inside], y0, x0, (h, w), 0)
+        images.append(image[None])
+        targets.append(targets_for(labels, specs, lesion_values, activation))
         weights.append(case.weight)
     return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)),
             torch.tensor(weights, dtype=torch.float32))

@@ -50,13 +50,15 @@ def _file_signature(path: Path | None) -> list:
 
 
 def cache_key(case, spacing_mm: float | None, lesion_values: tuple[int, ...],
-              clip_hu: tuple[float, float] | None = None) -> str:
+              clip_hu: tuple[float, float] | None = None, spacing_z_mm: float | None = None) -> str:
     """Hash of the source files and of every setting that changes the cached arrays."""
     settings = {"version": CACHE_VERSION, "case": case.case_id, "kind": case.kind,
                 "image": _file_signature(case.image_path), "label": _file_signature(case.label_path),
                 "labels": list(case.label_names), "spacing": spacing_mm, "lesions": list(lesion_values)}
     if clip_hu is not None:  # absent otherwise, so caches made before clipping existed stay valid
         settings["clip_hu"] = [float(v) for v in clip_hu]
+    if spacing_z_mm is not None:
+        settings["spacing_z"] = float(spacing_z_mm)
     blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
@@ -98,6 +100,34 @@ def _resample_case(ct, labels, spacing_mm: float | None, clip_hu: tuple[float, f
     return out_img, out_lab, (sz, h * sy / size[0], w * sx / size[1])  # effective spacing of that grid
 
 
+def resample_slices(image: np.ndarray, labels: np.ndarray, spacing_zyx, spacing_z_mm: float):
+    """Linear resampling along z to ``spacing_z_mm`` (3-D models' grid; the pipeline maps back the same way),
+    labels by their values' interpolated indicators, a block of rows at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    from LiverTumorSegLib.geometry import resampled_size
+
+    z = image.shape[0]
+    nz = resampled_size(z, spacing_zyx[0], spacing_z_mm)
+    if nz == z:
+        return image, labels, tuple(spacing_zyx)
+    out_img = np.empty((nz,) + image.shape[1:], dtype=image.dtype)
+    out_lab = np.empty((nz,) + labels.shape[1:], dtype=labels.dtype)
+    values = torch.arange(int(labels.max()) + 1).view(1, -1, 1, 1, 1)
+    for y0 in range(0, image.shape[1], 32):
+        with torch.inference_mode():
+            block = torch.from_numpy(np.ascontiguousarray(image[:, y0:y0 + 32], dtype=np.float32))[None, None]
+            size = (nz,) + tuple(block.shape[-2:])
+            out_img[:, y0:y0 + 32] = F.interpolate(block, size=size, mode="trilinear",
+                                                   align_corners=False)[0, 0].round().numpy()
+            lab = torch.from_numpy(np.ascontiguousarray(labels[:, y0:y0 + 32], dtype=np.int64))[None, None]
+            onehot = (lab == values).float()
+            out_lab[:, y0:y0 + 32] = F.interpolate(onehot, size=size, mode="trilinear",
+                                                   align_corners=False)[0].argmax(0).numpy()
+    return out_img, out_lab, (z * spacing_zyx[0] / nz, spacing_zyx[1], spacing_zyx[2])
+
+
 def _save_atomically(target: Path, image: np.ndarray, labels: np.ndarray, meta: dict) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -126,7 +156,7 @@ def open_cached(folder: Path, weight: float = 1.0) -> CachedCase:
 
 def prepare_cases(cases: Iterable, cache_dir: str | Path | None, spacing_mm: float | None,
                   lesion_values: tuple[int, ...], weight: float = 1.0, progress: bool = True,
-                  clip_hu: tuple[float, float] | None = None) -> list[CachedCase]:
+                  clip_hu: tuple[float, float] | None = None, spacing_z_mm: float | None = None) -> list[CachedCase]:
     """Preprocess (once) and open every case; returns memory-mapped cases in input order."""
     from tqdm import tqdm
 
@@ -134,12 +164,14 @@ def prepare_cases(cases: Iterable, cache_dir: str | Path | None, spacing_mm: flo
     cases = list(cases)
     out = []
     for case in tqdm(cases, desc="preprocessing", unit="case", disable=not progress or not cases):
-        folder = cache / f"{case.case_id}-{cache_key(case, spacing_mm, lesion_values, clip_hu)}"
+        folder = cache / f"{case.case_id}-{cache_key(case, spacing_mm, lesion_values, clip_hu, spacing_z_mm)}"
         if not (folder / "meta.json").exists():
             ct, labels = case.load()
             if labels is None:
                 raise ValueError(f"case {case.case_id} has no labels; it cannot be used for training")
             image, lab, spacing = _resample_case(ct, labels, spacing_mm, clip_hu)
+            if spacing_z_mm is not None:
+                image, lab, spacing = resample_slices(image, lab, spacing, spacing_z_mm)
             lesion = np.isin(lab, lesion_values)
             meta = {"case_id": case.case_id, "spacing_zyx": list(spacing), "shape": list(image.shape),
                     "organ_slices": np.flatnonzero(lab.any(axis=(1, 2))).tolist(),

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from LiverTumorSegLib.errors import LiverTumorSegError
 
-from .config import LOSSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from .config import ACTIVATIONS, LOSSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 
 
 def _spacing(text: str) -> float | None:
@@ -22,6 +22,19 @@ def _spacing(text: str) -> float | None:
 
 def _crop(text: str) -> int | None:
     return None if text.lower() in ("none", "full") else int(text)
+
+
+def _arch_arg(text: str) -> tuple[str, object]:
+    """``key=value`` with value read as JSON when it can be (numbers, booleans, lists), else as text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. depth=5 (got {text!r})")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
 
 
 def _lr_steps(text: str) -> list[list[float]]:
@@ -51,8 +64,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split-seed", type=int, default=None)
     g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: ~/.cache/livertumorseg)")
     m = p.add_argument_group("model")
-    m.add_argument("--arch", dest="architecture", default=None)
+    m.add_argument("--arch", dest="architecture", default=None, help="architecture (registered network name)")
     m.add_argument("--width", dest="base_width", type=int, default=None)
+    m.add_argument("--arch-arg", dest="arch_args", type=_arch_arg, action="append", default=None,
+                   metavar="KEY=VALUE", help="further architecture argument (repeatable), e.g. depth=5")
+    m.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                   help="sigmoid: a channel per label (nested labels); softmax: background + exclusive classes")
+    m.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="3-D networks: training patch and sliding window, in model voxels")
+    m.add_argument("--spacing-z", dest="spacing_z_mm", type=float, default=None, metavar="MM",
+                   help="3-D networks: slice spacing of the model grid")
     m.add_argument("--context", dest="context_slices", type=int, default=None, help="k: 2k+1 input slices")
     m.add_argument("--context-step-mm", type=_spacing, default=argparse.SUPPRESS, metavar="MM",
                    help="mm between context slices (interpolated), or 'native' to count whole slices")
@@ -108,12 +129,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = dict(PRESETS["fast-cpu"])
     values.update(PRESETS[args.preset])
     values.update(preset=args.preset, data=[str(d) for d in args.data], output=str(args.output))
-    skip = {"data", "output", "preset", "resume", "overwrite", "quiet", "func", "command", "pseudo"}
+    skip = {"data", "output", "preset", "resume", "overwrite", "quiet", "func", "command", "pseudo", "arch_args"}
     for key, value in vars(args).items():
         if key not in skip and value is not None:
             values[key] = value
     if args.pseudo:
         values["pseudo"] = [str(d) for d in args.pseudo]
+    if args.arch_args:
+        values["arch_args"] = dict(args.arch_args)
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as e:

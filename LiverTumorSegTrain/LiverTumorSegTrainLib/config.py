@@ -14,7 +14,8 @@ from LiverTumorSegLib.labels import LIVER, TUMOR, VESSEL, LabelSpec, terminology
 
 OPTIMIZERS = ("adam", "ranger")
 SCHEDULES = ("constant", "cosine", "step")
-LOSSES = ("bce_dice", "dice", "focal_dice")
+LOSSES = ("bce_dice", "dice", "focal_dice", "ce_dice")
+ACTIVATIONS = ("sigmoid", "softmax")
 
 
 @dataclass
@@ -31,6 +32,14 @@ class TrainConfig:
     labels: list[str] = field(default_factory=list)
     architecture: str = "rec_unet"
     base_width: int = 16
+    #: further architecture arguments (``--arch-arg key=value``); in/out channels come from the data
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    #: sigmoid: one channel per label (nested labels); softmax: background + exclusive classes
+    activation: str = "sigmoid"
+    #: 3-D networks: training patch (z, y, x) in model voxels (also the sliding window's patch)
+    patch_size: list[int] | None = None
+    #: 3-D networks: slice spacing of the model grid (mm); None keeps each scan's own
+    spacing_z_mm: float | None = None
     context_slices: int = 1
     #: mm between context channels (interpolated between slices); None counts whole slices (models before v0.3)
     context_step_mm: float | None = None
@@ -90,8 +99,13 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}")
-        if self.crop is not None and (self.crop < 16 or self.crop % 16):
-            raise ValueError("crop must be a multiple of 16 (the network's size multiple)")
+        if self.crop is not None and self.crop < 8:
+            raise ValueError("crop must be at least 8 pixels (and a multiple of the network's size multiple)")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}")
+        if (self.loss == "ce_dice") != (self.activation == "softmax") and self.loss != "dice":
+            raise ValueError("softmax heads train with ce_dice or dice; sigmoid heads with bce_dice, dice or "
+                             "focal_dice")
         if self.epochs < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1) or self.batch_size < 1:
             raise ValueError("epochs, steps per epoch and batch size must be at least 1")
         if not 0 <= self.fold < max(1, self.folds):

@@ -29,12 +29,12 @@ from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel, save_model
 from LiverTumorSegLib.models import build_model
 
-from .augment import augment
-from .batches import build_batch, epoch_samples
+from .augment import augment, augment_intensity
+from .batches import build_batch, build_patches, epoch_samples
 from .cache import CachedCase, prepare_cases
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, label_specs
-from .losses import LOSSES
+from .losses import loss_function
 from .metrics import overlap
 from .optim import make_optimizer, make_scheduler
 
@@ -265,9 +265,11 @@ class Trainer:
         for turn in ([0, 1] if dist.world > 1 else [0]):
             if (turn == 0) == dist.main:
                 cached = prepare_cases([by_id[i] for i in train_ids], cfg.cache_dir, cfg.spacing_mm, lesion_values,
-                                       progress=self.progress and dist.main, clip_hu=clip)
+                                       progress=self.progress and dist.main, clip_hu=clip,
+                                       spacing_z_mm=cfg.spacing_z_mm)
                 cached += prepare_cases(pseudo, cfg.cache_dir, cfg.spacing_mm, lesion_values, weight=cfg.pseudo_weight,
-                                        progress=self.progress and dist.main, clip_hu=clip)
+                                        progress=self.progress and dist.main, clip_hu=clip,
+                                        spacing_z_mm=cfg.spacing_z_mm)
             dist.barrier()
         val_data = []
         if dist.main:
@@ -298,18 +300,9 @@ class Trainer:
         if dist.main:
             ensure_output_folder(self.out)
         specs, cases, train_ids, val_ids, val_data = self._load_data(dist)
-        model_cfg = ModelConfig(
-            architecture=cfg.architecture,
-            architecture_kwargs={"in_channels": 2 * cfg.context_slices + 1, "out_channels": len(specs),
-                                 "base_width": cfg.base_width},
-            labels=specs, window_hu=cfg.window_hu, context_slices=cfg.context_slices,
-            context_step_mm=cfg.context_step_mm, window_before_resampling=cfg.window_before_resampling,
-            spacing_yx_mm=None if cfg.spacing_mm is None else (cfg.spacing_mm, cfg.spacing_mm), name=cfg.name,
-            description=cfg.description,
-            provenance={"trainer": "LiverTumorSeg", "config": cfg.to_dict(), "train_cases": train_ids,
-                        "val_cases": val_ids})
-        net = build_model(model_cfg.architecture, **model_cfg.architecture_kwargs).to(device)
-        multiple = getattr(net, "size_multiple", 16)
+        model_cfg, net = self._model(specs, train_ids, val_ids)
+        net = net.to(device)
+        multiple = model_cfg.size_multiple
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(cfg, net.parameters())
@@ -333,7 +326,7 @@ class Trainer:
                 net, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile:
             train_net = torch.compile(train_net)
-        loss_fn = LOSSES[cfg.loss]
+        loss_fn = loss_function(cfg.loss, cfg.activation)
         steps = cfg.steps_per_epoch or max(1, sum(len(c.organ_slices) for c in cases) // (cfg.batch_size * dist.world))
         from tqdm import tqdm
 
@@ -418,15 +411,71 @@ class Trainer:
             dice = ", ".join(f"{k} {v:.3f}" for k, v in result["dice"].items())
             print(f"thresholds {chosen}: validation Dice {dice}", flush=True)
 
+    def _model(self, specs, train_ids: list[str], val_ids: list[str]):
+        """The network and its model-file description. The network declares what input it needs
+        (``input_contract``) and that goes into the file; architecture arguments are the data's channel counts,
+        the base width where the architecture has one, and ``--arch-arg`` values."""
+        from LiverTumorSegLib.models import input_contract
+        from LiverTumorSegLib.models.registry import accepted_arguments
+
+        cfg = self.cfg
+        try:
+            accepted = accepted_arguments(cfg.architecture)
+        except KeyError as e:
+            raise LiverTumorSegError(f"{e.args[0]}; choose --arch from those") from None
+        kwargs: dict[str, Any] = {"in_channels": 2 * cfg.context_slices + 1,
+                                  "out_channels": len(specs) + (1 if cfg.activation == "softmax" else 0)}
+        if "base_width" in accepted:
+            kwargs["base_width"] = cfg.base_width
+        unknown = sorted(set(cfg.arch_args) - accepted)
+        if unknown:
+            raise LiverTumorSegError(f"architecture {cfg.architecture} has no argument(s) {', '.join(unknown)}; it "
+                                     f"takes {', '.join(sorted(accepted))}")
+        kwargs.update(cfg.arch_args)
+        try:
+            net = build_model(cfg.architecture, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise LiverTumorSegError(f"cannot build {cfg.architecture} with {kwargs}: {e}; fix --arch-arg") from None
+        contract = input_contract(net)
+        three_d = contract["spatial_dims"] == 3
+        if three_d and (cfg.patch_size is None or any(p % contract["size_multiple"] for p in cfg.patch_size)):
+            raise LiverTumorSegError(f"a 3-D network needs --patch-size Z Y X in multiples of "
+                                     f"{contract['size_multiple']}")
+        if not three_d and cfg.crop is not None and cfg.crop % contract["size_multiple"]:
+            raise LiverTumorSegError(f"--crop {cfg.crop} is not a multiple of {contract['size_multiple']}, which "
+                                     f"{cfg.architecture} needs; use e.g. --crop "
+                                     f"{-(-cfg.crop // contract['size_multiple']) * contract['size_multiple']}")
+        model_cfg = ModelConfig(
+            architecture=cfg.architecture, architecture_kwargs=kwargs, labels=specs,
+            output_activation=cfg.activation, window_hu=cfg.window_hu, context_slices=cfg.context_slices,
+            context_step_mm=None if three_d else cfg.context_step_mm,
+            window_before_resampling=cfg.window_before_resampling,
+            spacing_yx_mm=None if cfg.spacing_mm is None else (cfg.spacing_mm, cfg.spacing_mm),
+            size_multiple=contract["size_multiple"], spatial_dims=contract["spatial_dims"],
+            inferer="sliding_window" if three_d else "slices",
+            patch_size=tuple(cfg.patch_size) if three_d else None, spacing_z_mm=cfg.spacing_z_mm if three_d else None,
+            name=cfg.name, description=cfg.description,
+            provenance={"trainer": "LiverTumorSeg", "config": cfg.to_dict(), "train_cases": train_ids,
+                        "val_cases": val_ids})
+        return model_cfg, net
+
     def _inputs(self, cases: list[CachedCase], batch, specs, multiple, epoch, net_cfg: ModelConfig):
         from LiverTumorSegLib.inference import normalize_hu
 
         cfg = self.cfg
+        seeds = [(cfg.seed, epoch, s.index) for s in batch]
+        if net_cfg.spatial_dims == 3:
+            hu, y, w = build_patches(cases, batch, specs, tuple(cfg.patch_size), epoch, cfg.seed, self.lesion_values,
+                                     cfg.activation)
+            x = normalize_hu(hu, net_cfg.window_hu)
+            if cfg.augment:
+                x = augment_intensity(x, seeds, cfg.intensity_shift, cfg.intensity_scale)
+            return x, y, w
         hu, y, w = build_batch(cases, batch, specs, cfg.context_slices, cfg.crop, multiple, epoch, cfg.seed,
-                               self.lesion_values, cfg.context_step_mm)
+                               self.lesion_values, cfg.context_step_mm, cfg.activation)
         x = normalize_hu(hu, net_cfg.window_hu)
         if cfg.augment:
-            x, y = augment(x, y, [(cfg.seed, epoch, s.index) for s in batch], cfg.intensity_shift, cfg.intensity_scale)
+            x, y = augment(x, y, seeds, cfg.intensity_shift, cfg.intensity_scale)
         return x, y, w
 
     @staticmethod

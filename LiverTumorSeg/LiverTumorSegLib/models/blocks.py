@@ -66,17 +66,33 @@ class TripletAttention(nn.Module):
         return (self.SpatialGate(x) + self.ChannelGateH(x) + self.ChannelGateW(x)) * (1.0 / 3.0)
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+def conv_nd(spatial_dims: int) -> type[nn.Module]:
+    """Conv2d or Conv3d: blocks are written once for 2-D slice networks and 3-D patch networks."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, not {spatial_dims}")
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def batch_norm_nd(spatial_dims: int) -> type[nn.Module]:
+    return nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+
+
+def max_pool_nd(spatial_dims: int) -> type[nn.Module]:
+    return nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, spatial_dims: int = 2) -> list[nn.Module]:
+    return [conv_nd(spatial_dims)(in_channels, out_channels, 3, padding=1, bias=True),
+            batch_norm_nd(spatial_dims)(out_channels), nn.ReLU(inplace=True)]
 
 
 class UpConv(nn.Module):
     """Nearest-neighbour x2 upsampling then a 3x3 conv (the authors' ``up_conv``)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *conv_bn_relu(in_channels, out_channels))
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                *conv_bn_relu(in_channels, out_channels, spatial_dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(x)
@@ -85,12 +101,13 @@ class UpConv(nn.Module):
 class CalibrationGate(nn.Module):
     """The authors' ``CM_block`` (an Attention-U-Net gate) returning ``cat(skip * psi, decoder)``."""
 
-    def __init__(self, gate_channels: int, skip_channels: int, inter_channels: int) -> None:
+    def __init__(self, gate_channels: int, skip_channels: int, inter_channels: int, spatial_dims: int = 2) -> None:
         super().__init__()
+        conv, bn = conv_nd(spatial_dims), batch_norm_nd(spatial_dims)
         # The authors declare W_g with F_l inputs and W_x with F_g inputs; equal everywhere in the network.
-        self.W_g = nn.Sequential(nn.Conv2d(skip_channels, inter_channels, 1, bias=True), nn.BatchNorm2d(inter_channels))
-        self.W_x = nn.Sequential(nn.Conv2d(gate_channels, inter_channels, 1, bias=True), nn.BatchNorm2d(inter_channels))
-        self.psi = nn.Sequential(nn.Conv2d(inter_channels, 1, 1, bias=True), nn.BatchNorm2d(1), nn.Sigmoid())
+        self.W_g = nn.Sequential(conv(skip_channels, inter_channels, 1, bias=True), bn(inter_channels))
+        self.W_x = nn.Sequential(conv(gate_channels, inter_channels, 1, bias=True), bn(inter_channels))
+        self.psi = nn.Sequential(conv(inter_channels, 1, 1, bias=True), bn(1), nn.Sigmoid())
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

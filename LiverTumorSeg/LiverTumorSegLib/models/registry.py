@@ -32,3 +32,21 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 def model_names() -> list[str]:
     return sorted(_MODELS)
+
+
+def input_contract(network: nn.Module) -> dict[str, int]:
+    """What a network needs of its input, as it declares it: spatial sizes a multiple of ``size_multiple``,
+    ``spatial_dims`` (2: slices, 3: volumes) and ``in_channels``. Copied into model files and checked on load,
+    so that a network needing multiples of 32 is never fed multiples of 16."""
+    return {"size_multiple": int(getattr(network, "size_multiple", 16)),
+            "spatial_dims": int(getattr(network, "spatial_dims", 2)),
+            "in_channels": int(getattr(network, "in_channels", 1))}
+
+
+def accepted_arguments(name: str) -> set[str]:
+    """Constructor arguments of a registered architecture (to pass the trainer's defaults only where they fit)."""
+    import inspect
+
+    if name not in _MODELS:
+        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(_MODELS))}")
+    return set(inspect.signature(_MODELS[name].__init__).parameters) - {"self"}
