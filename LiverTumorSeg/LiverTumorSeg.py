@@ -44,7 +44,7 @@ MODELS_FOLDER_SETTING = "LiverTumorSeg/ModelsFolder"
 TORCH_MINIMUM = (2, 1)
 #: Python packages the core needs at inference besides torch (SimpleITK, numpy and vtk come with Slicer):
 #: import name -> pip requirement.
-PIP_REQUIREMENTS = {"slicerio": "slicerio>=1.1", "scipy": "scipy>=1.9", "tqdm": "tqdm>=4.60"}
+PIP_REQUIREMENTS = {"slicerio": "slicerio>=1.1", "scipy": "scipy>=1.9", "tqdm": "tqdm>=4.60", "monai": "monai>=1.3"}
 #: the core's SegmentOptions choices (LiverTumorSegLib.options), repeated here because Slicer builds the parameter
 #: node at startup, before the core may be imported; a test keeps the two identical
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -191,3 +191,33 @@ def test_crossval_trains_every_fold_and_scores_each_patient_once(phantom_data, t
     before = (out / "fold0" / CHECKPOINT).stat().st_mtime_ns
     assert main(args) == 0  # rerunning continues: finished folds are not trained again
     assert (out / "fold0" / CHECKPOINT).stat().st_mtime_ns == before
+
+
+def test_a_network_needing_multiples_of_32_trains_and_segments_end_to_end(phantom_data, tmp_path):
+    """The network's size multiple goes into the model file: training crops and inference padding follow it."""
+    out = tmp_path / "run"
+    assert main(["train", str(phantom_data), "-o", str(out), "--arch", "unet", "--arch-arg", "depth=5", "--width", "4",
+                 "--crop", "64", "--spacing", "3.0", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+                 "--folds", "0", "--device", "cpu", "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    model = load_model(out / MODEL)
+    assert model.config.size_multiple == 32 and model.config.architecture_kwargs["depth"] == 5
+    ct, _ = find_cases(phantom_data)[0].load()
+    from LiverTumorSegLib.pipeline import run_segmentation
+
+    result = run_segmentation(ct, model, device="cpu")
+    assert result.labels.GetSize() == ct.GetSize() and all(s % 32 == 0 for s in result.plan.padded_size_yx)
+    with pytest.raises(LiverTumorSegError, match="not a multiple of 32"):
+        train(tiny(phantom_data, tmp_path / "bad", architecture="unet", arch_args={"depth": 5}, crop=48),
+              progress=False)
+    with pytest.raises(LiverTumorSegError, match="has no argument"):
+        train(tiny(phantom_data, tmp_path / "bad2", architecture="unet", arch_args={"depht": 5}), progress=False)
+
+
+def test_a_softmax_head_trains_and_its_classes_become_labels(phantom_data, tmp_path):
+    cfg = tiny(phantom_data, tmp_path / "soft", architecture="unet", activation="softmax", loss="ce_dice",
+               arch_args={"depth": 3}, base_width=6, crop=48, epochs=6, steps_per_epoch=15, lr=3e-3,
+               val_cases=["p7"], val_every=6, folds=0, calibrate_thresholds=False)
+    result = train(cfg, progress=False)
+    model = load_model(result.model_path)
+    assert model.config.output_activation == "softmax" and model.config.out_channels == 3
+    assert result.history[-1]["val_dice_liver"] > 0.5

@@ -81,7 +81,9 @@ def make_plan(model: SegmentationModel, canonical_shape: tuple[int, int, int], s
                 resampled_size(w, spacing_zyx[2], cfg.spacing_yx_mm[1]))
     padded = (padded_size(size[0], cfg.size_multiple), padded_size(size[1], cfg.size_multiple))
     if batch_size is not None and batch_size < 1:
-        raise LiverTumorSegError(f"batch size must be >= 1, not {batch_size}")
+        raise LiverTumorSegError(f"batch size must be >= 1, not {batch_size}; give a positive number of slices")
+    if cfg.spatial_dims == 3:  # patches of the sliding-window inferer per network call
+        batch_size = batch_size or (4 if device.type == "cuda" else 1)
     return InferencePlan(device=device, precision=choose_precision(precision, device),
                          batch_size=batch_size or default_batch_size(device, padded),
                          model_size_yx=size, padded_size_yx=padded, resample=size != (h, w),

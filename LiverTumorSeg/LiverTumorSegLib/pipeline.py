@@ -122,8 +122,15 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
     lesion_indices = [i for i, lab in enumerate(cfg.labels) if lab.role == "lesion"]
     probs = {i: np.zeros(shape, dtype=np.uint8) for i in lesion_indices}  # pages are only touched where written
     probs_canonical = {i: frame.view(p) for i, p in probs.items()}
-    plan = predict_bits(model, volume, list(zip(outs_canonical, threshold_sets)), plan, fine_progress, z_range, box,
-                        probability_outs=list(probs_canonical.items()))
+    if cfg.inferer == "sliding_window":  # a 3-D network: patches of the (localised) volume
+        from .sliding_window import predict_bits_volume
+
+        plan = predict_bits_volume(model, volume, frame.spacing_zyx, list(zip(outs_canonical, threshold_sets)), plan,
+                                   fine_progress, z_range, probability_outs=list(probs_canonical.items()))
+        box = None
+    else:
+        plan = predict_bits(model, volume, list(zip(outs_canonical, threshold_sets)), plan, fine_progress, z_range,
+                            box, probability_outs=list(probs_canonical.items()))
     plan.region = None if z_range is None else {
         "slices": list(z_range), "box_yx": None if box is None else [[box[0].start, box[0].stop],
                                                                     [box[1].start, box[1].stop]]}
