@@ -86,7 +86,6 @@ def predict_bits_volume(model: SegmentationModel, volume: np.ndarray, spacing_zy
     slice models; ``z_range`` and ``box`` (of the input grid here: a previous stage's region) restrict the work."""
     import torch
     import torch.nn.functional as F
-
     from monai.inferers import sliding_window_inference
 
     cfg = model.config
