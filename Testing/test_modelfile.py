@@ -9,9 +9,10 @@ import zipfile
 import pytest
 import torch
 
+from LiverTumorSegLib.authors import import_authors_weights
 from LiverTumorSegLib.errors import ModelFileError
 from LiverTumorSegLib.labels import LIVER, TUMOR, VESSEL
-from LiverTumorSegLib.modelfile import ModelConfig, import_authors_weights, load_model, new_model, save_model
+from LiverTumorSegLib.modelfile import ModelConfig, load_model, new_model, save_model
 
 from test_models import authors_state_dict
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from LiverTumorSegLib.modelfile import strip_data_parallel_prefix
+from LiverTumorSegLib.authors import strip_data_parallel_prefix
 from LiverTumorSegLib.models import build_model, model_names
 from LiverTumorSegLib.models.blocks import TripletAttention
 

@@ -81,3 +81,18 @@ def test_the_default_model_segments_a_real_patient_it_never_saw():
     labels = sitk.GetArrayFromImage(segment(ct, model, device="cpu"))
     ref = sitk.GetArrayFromImage(ref)
     assert _dice(labels > 0, ref > 0) >= 0.90
+
+
+def test_the_shipped_model_gives_the_labels_it_gave_before_the_refactors():
+    """The v0.2.0 file through today's pipeline (stages, inferers, options, contracts) gives, voxel for voxel, the
+    labels the code it shipped with (commit 6adcbff) gave on this phantom: SHA-256 of the label array."""
+    import hashlib
+
+    from LiverTumorSegLib.pipeline import run_segmentation
+
+    ct, _ = make_phantom(shape_zyx=(40, 160, 170), spacing_zyx=(2.5, 0.9, 0.9), seed=21, orientation="RAS")
+    model = load_model(Path(__file__).resolve().parents[1] / "LiverTumorSeg" / "Resources" / "Models"
+                       / "liver_tumor_rec_unet_w16_ircadb01_v0.2.0.pt")
+    for use_localizer in (True, False):
+        labels = sitk.GetArrayFromImage(run_segmentation(ct, model, device="cpu", use_localizer=use_localizer).labels)
+        assert hashlib.sha256(labels.tobytes()).hexdigest()[:16] == "b1bda83e8d37ece2"

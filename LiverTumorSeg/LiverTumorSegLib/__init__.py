@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "segment": "pipeline", "run_segmentation": "pipeline", "SegmentationResult": "pipeline",
     "load_model": "modelfile", "save_model": "modelfile", "new_model": "modelfile",
-    "ModelConfig": "modelfile", "SegmentationModel": "modelfile", "import_authors_weights": "modelfile",
+    "ModelConfig": "modelfile", "SegmentationModel": "modelfile", "import_authors_weights": "authors",
     "build_model": "models", "make_phantom": "phantom", "read_image": "imageio",
     "LabelSpec": "labels", "LIVER": "labels", "TUMOR": "labels",
     "LiverTumorSegError": "errors", "InputImageError": "errors", "ModelFileError": "errors",

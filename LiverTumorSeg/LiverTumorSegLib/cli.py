@@ -121,7 +121,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             try:  # a case's outputs come as a set: if one cannot be written, none of them stays
                 write_image_atomic(result.labels, paths["labels"], overwrite=args.overwrite)
                 written.append(paths["labels"])
-                write_seg_nrrd(result.labels, result.model.config.labels, paths["segmentation"],
+                write_seg_nrrd(result.labels, result.model.output_labels, paths["segmentation"],
                                overwrite=args.overwrite)
                 written.append(paths["segmentation"])
                 result.seconds["write"] = time.perf_counter() - t
@@ -159,7 +159,8 @@ def _one_line_summary(case_id: str, report: dict) -> str:
 
 
 def cmd_import_weights(args: argparse.Namespace) -> int:
-    from .modelfile import import_authors_weights, save_model
+    from .authors import import_authors_weights
+    from .modelfile import save_model
 
     model = import_authors_weights(args.checkpoint, args.arch, args.labels, name=args.name)
     path = save_model(model, args.output, overwrite=args.overwrite, half_precision=args.half)

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelFileError
-from .labels import LABEL_SETS, LabelSpec
+from .labels import LabelSpec
 
 if TYPE_CHECKING:  # torch is imported lazily: Slicer imports this package at startup
     import torch
 
 FORMAT = "LiverTumorSeg model"
-#: 2: context_step_mm and window_before_resampling (a version-1 reader would ignore them and run the model wrong)
-FORMAT_VERSION = 2
+#: 2: context_step_mm and window_before_resampling (a version-1 reader would ignore them and run the model wrong);
+#: 3: cascades (earlier stages a version-2 reader would skip). Files are written with the lowest version they need.
+FORMAT_VERSION = 3
 ACTIVATIONS = ("sigmoid", "softmax")
 #: window_to_unit: HU clipped to ``window_hu`` and mapped linearly to [-1, 1] (the authors' /200 for [-200, 200])
 NORMALIZATIONS = ("window_to_unit",)
@@ -167,21 +168,75 @@ class ModelConfig:
         return cls(**kwargs)
 
 
+REGION_RULES = ("box", "mask")
+
+
+@dataclass
+class StageLink:
+    """How a cascade stage depends on the stage before it.
+
+    ``region``: "box": the stage runs on the previous stage's organ bounding box grown by ``margin_mm``;
+    "mask": the same, and its labels are kept only inside the previous organ grown by ``margin_mm`` (a tumour
+    stage inside the liver). ``mask_input``: voxels outside that grown organ reach the network as the bottom of
+    its window (the ResUNet cascade's liver-masked tumour input).
+    """
+
+    region: str = "box"
+    margin_mm: float = 10.0
+    mask_input: bool = False
+
+    def __post_init__(self) -> None:
+        if self.region not in REGION_RULES:
+            raise ValueError(f"region must be one of {REGION_RULES}, not {self.region!r}")
+        self.margin_mm = float(self.margin_mm)
+        if not self.margin_mm >= 0:
+            raise ValueError("margin_mm must be >= 0")
+
+
 class SegmentationModel:
-    """A network in eval mode together with the config that says how to use it."""
+    """A network in eval mode together with the config that says how to use it; in a cascade, also the stages
+    that run before it (``stages_before``, each with its ``link`` to the one before) and its own ``link``."""
 
     def __init__(self, network: "torch.nn.Module", config: ModelConfig, source: str | None = None,
-                 localizer: "SegmentationModel | None" = None) -> None:
+                 localizer: "SegmentationModel | None" = None,
+                 stages_before: "list[SegmentationModel] | None" = None, link: StageLink | None = None) -> None:
         self.network = network.eval()
         self.config = config
         self.source = source
         #: optional coarse stage: a small, low-resolution model whose organ label bounds where this one runs
         self.localizer = localizer
+        #: earlier stages of a cascade, in order; their labels are part of the output
+        self.stages_before = list(stages_before or [])
+        #: how this stage depends on the previous one (None: it runs on the whole volume)
+        self.link = link
+
+    @property
+    def output_labels(self) -> tuple:
+        """The labels a segmentation with this model can contain: every stage's, in stage order."""
+        return tuple(lab for stage in [*self.stages_before, self] for lab in stage.config.labels)
 
     def __repr__(self) -> str:
         stage = f", localizer={self.localizer.config.name!r}" if self.localizer is not None else ""
+        before = f", after {[s.config.name for s in self.stages_before]}" if self.stages_before else ""
         return (f"SegmentationModel({self.config.name!r}, {self.config.architecture}, "
-                f"labels={[lab.name for lab in self.config.labels]}{stage})")
+                f"labels={[lab.name for lab in self.config.labels]}{stage}{before})")
+
+
+def cascade(stages: "list[SegmentationModel]", links: "list[StageLink]") -> SegmentationModel:
+    """A cascade of single-network models: stage i+1 runs where stage i found its organ (``links[i]``). The
+    first stage runs on the whole volume (with its localiser, if it has one); labels must not repeat."""
+    if len(stages) < 2 or len(links) != len(stages) - 1:
+        raise ValueError("a cascade needs at least two stages and one link between each pair")
+    values = [lab.value for stage in stages for lab in stage.config.labels]
+    if len(set(values)) != len(values):
+        raise ValueError(f"label values repeat across the stages ({values}); give each stage its own labels")
+    for stage in stages[:-1]:
+        if not any(lab.role == "organ" for lab in stage.config.labels):
+            raise ValueError(f"stage {stage.config.name!r} has no organ label, so no region for the next stage")
+    *before, last = [SegmentationModel(s.network, s.config, s.source, s.localizer) for s in stages]
+    for stage, link in zip(before[1:], links):
+        stage.link = link
+    return SegmentationModel(last.network, last.config, last.source, last.localizer, before, links[-1])
 
 
 def new_model(config: ModelConfig) -> SegmentationModel:
@@ -196,7 +251,10 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, overwrite: boo
     """Write a model file atomically; never replaces an existing file unless ``overwrite``."""
     from .atomicfile import torch_save_atomic
 
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **_stage_payload(model, half_precision)}
+    version = 3 if model.stages_before else 2
+    payload = {"format": FORMAT, "format_version": version, **_stage_payload(model, half_precision)}
+    if model.stages_before:
+        payload["stages"] = [_stage_payload(stage, half_precision) for stage in model.stages_before]
     path = Path(path)
     torch_save_atomic(payload, path, overwrite=overwrite)
     return path
@@ -213,12 +271,14 @@ def _stage_payload(model: SegmentationModel, half_precision: bool) -> dict[str, 
         if not any(lab.role == "organ" for lab in model.localizer.config.labels):
             raise ValueError("a localiser needs an organ label (it bounds where the main model runs)")
         payload["localizer"] = _stage_payload(model.localizer, half_precision)
+    if model.link is not None:
+        payload["link"] = dataclasses.asdict(model.link)
     return payload
 
 
 def attach_localizer(model: SegmentationModel, localizer: SegmentationModel | None) -> SegmentationModel:
     """The same model with ``localizer`` as its coarse stage (None: without one)."""
-    return SegmentationModel(model.network, model.config, model.source, localizer)
+    return SegmentationModel(model.network, model.config, model.source, localizer, model.stages_before, model.link)
 
 
 def _file_kind(path: Path) -> str | None:
@@ -294,9 +354,24 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> SegmentationMode
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFileError(f"{path} has model-file format version {version!r}, newer than this LiverTumorSeg "
                              f"understands ({FORMAT_VERSION}); update LiverTumorSeg")
-    model = _stage_from_payload(payload, path, device)
+    model = _full_stage(payload, path, device, "")
+    stages = payload.get("stages") or []
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        raise ModelFileError(f"{path} has an invalid list of cascade stages; the file is damaged: re-export it")
+    model.stages_before = [_full_stage(stage, path, device, f"stage {i + 1} of ") for i, stage in enumerate(stages)]
+    return model
+
+
+def _full_stage(payload: dict[str, Any], path: Path, device: str, what: str) -> SegmentationModel:
+    """One stage with its localiser and its link to the stage before."""
+    model = _stage_from_payload(payload, path, device, what)
     if isinstance(payload.get("localizer"), dict):
-        model.localizer = _stage_from_payload(payload["localizer"], path, device, "localiser stage of ")
+        model.localizer = _stage_from_payload(payload["localizer"], path, device, f"localiser of {what}")
+    if payload.get("link") is not None:
+        try:
+            model.link = StageLink(**payload["link"])
+        except (TypeError, ValueError) as e:
+            raise ModelFileError(f"{what}{path} has an invalid stage link ({e}); re-export the file") from None
     return model
 
 
@@ -368,76 +443,3 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def strip_data_parallel_prefix(state: dict[str, Any]) -> dict[str, Any]:
-    """Keys saved from ``nn.DataParallel``/DDP start with ``module.``; plain modules do not."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _authors_variant(state: dict[str, Any]) -> str | None:
-    if "Conv1.conv1.0.weight" in state:
-        return "rec_unet"
-    if "Conv1.conv.0.weight" in state:
-        return "rec_unet_em"
-    return None
-
-
-def import_authors_weights(path: str | os.PathLike, arch: str, labels: str = "liver,tumor",
-                           name: str | None = None) -> SegmentationModel:
-    """Convert a checkpoint saved by the REC-UNet authors' training scripts into our model format.
-
-    Their preprocessing is fixed here once: HU clipped to [-200, 200] and divided by 200, centre
-    slice only (they build a 3-slice stack but use ``x[:, 1]``), native resolution, sigmoid outputs.
-    For MSD Task08 their channel 0 is vessel ∪ tumour, which our "later label wins" rule turns
-    into vessel and tumour labels.
-    """
-    from .models import build_model
-
-    path = Path(path)
-    if arch not in ("rec_unet", "rec_unet_em"):
-        raise ModelFileError(f"--arch must be rec_unet or rec_unet_em, not {arch!r}")
-    if labels not in LABEL_SETS or len(LABEL_SETS[labels]) != 2:
-        raise ModelFileError(f"--labels must be liver,tumor or vessel,tumor, not {labels!r}")
-    payload = _safe_torch_load(path)
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        raise ModelFileError(f"{path} is already a LiverTumorSeg model file; use it directly (--model {path}) "
-                             f"instead of importing it")
-    state = payload
-    if isinstance(payload, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            if isinstance(payload.get(key), dict):
-                state = payload[key]
-                break
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise ModelFileError(f"{path} does not contain a REC-UNet state dict (a dict of tensors)")
-    state = strip_data_parallel_prefix(dict(state))
-    found = _authors_variant(state)
-    if found is None:
-        raise ModelFileError(f"{path} is not a REC-UNet checkpoint (no Conv1 block weights found)")
-    if found != arch:
-        raise ModelFileError(f"{path} holds a {found} network (key names), not {arch}; use --arch {found}")
-    first = state["Conv1.conv1.0.weight" if found == "rec_unet" else "Conv1.conv.0.weight"]
-    base_width, in_channels = int(first.shape[0]), int(first.shape[1])
-    out_channels = int(state["Conv.weight"].shape[0]) if "Conv.weight" in state else -1
-    if out_channels != 2:
-        raise ModelFileError(f"{path} has {out_channels} output channels; the authors' models have 2 "
-                             f"({labels.replace(',', ' and ')})")
-    kwargs = {"in_channels": in_channels, "out_channels": 2, "base_width": base_width}
-    network = build_model(arch, **kwargs)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelFileError(f"{path}: weights do not match {arch} {kwargs}: {str(e).splitlines()[0][:200]}") from None
-    config = ModelConfig(
-        architecture=arch, architecture_kwargs=kwargs, labels=LABEL_SETS[labels], output_activation="sigmoid",
-        window_hu=(-200.0, 200.0), normalization="window_to_unit", spacing_yx_mm=None,
-        context_slices=(in_channels - 1) // 2,
-        name=name or f"REC-UNet authors' weights ({path.name})",
-        description="Imported from the REC-UNet authors' checkpoint; trained on 2-D slices at native "
-                    "resolution, validated by the authors on a slice-level split.",
-        provenance={"source": "REC-UNet authors (459806555/REC-UNet)", "imported_from": path.name,
-                    "sha256": file_sha256(path), "labels": labels})
-    return SegmentationModel(network, config, source=str(path))

@@ -40,11 +40,13 @@ class SegmentationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     #: per lesion label name: its probability on the input grid (uint8, 0..255 = 0..1), for per-lesion confidence
     lesion_probability: dict[str, "SimpleITK.Image"] = field(default_factory=dict)  # noqa: F821
+    #: cascades: what each stage did (its labels and the region it ran on)
+    stages: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {"device": str(self.plan.device), "precision": self.plan.precision,
                 "batch_size": self.plan.batch_size, "model_grid_yx": list(self.plan.model_size_yx),
-                "localized_region": self.plan.region,
+                "localized_region": self.plan.region, **({"stages": self.stages} if self.stages else {}),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
@@ -94,6 +96,12 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
         configure_threads()
     if not isinstance(model, SegmentationModel):
         model = load_model(model)
+    if model.stages_before:
+        return _segment_cascade(image, model, threshold_sets, t0, device=device, batch_size=batch_size,
+                                precision=precision, progress=progress, min_lesion_mm3=min_lesion_mm3,
+                                organ_margin_mm=organ_margin_mm, allow_non_ct=allow_non_ct, modality=modality,
+                                keep_labels=keep_labels, use_localizer=use_localizer,
+                                min_lesion_confidence=min_lesion_confidence)
     cfg = model.config
     for thresholds in threshold_sets:
         validate_options(len(cfg.labels), thresholds, min_lesion_mm3, min_lesion_confidence, organ_margin_mm)
@@ -158,6 +166,40 @@ def _segment_volume(image, model: SegmentationModel | str | os.PathLike,
     seconds["postprocess"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     return [SegmentationResult(labels, model, plan, seconds, probability_images) for labels in label_maps]
+
+
+def _segment_cascade(image, model: SegmentationModel, threshold_sets: list, t0: float,
+                     **options: Any) -> list[SegmentationResult]:
+    """A cascade's stages through this same pipeline (see ``cascades``), composed on the input grid."""
+    import SimpleITK as sitk
+
+    from .cascades import segment_cascade
+
+    keep = options.get("keep_labels")
+    outputs = segment_cascade(image, model, threshold_sets, _segment_volume, **options)
+    results = []
+    for labels, probabilities, stages in outputs:
+        if keep is not None:
+            _keep_only(labels, model.output_labels, keep)
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.CopyInformation(image)
+        prob_images = {}
+        for name, array in probabilities.items():
+            prob_images[name] = sitk.GetImageFromArray(array)
+            prob_images[name].CopyInformation(image)
+        frame = CanonicalFrame.of_image(image)
+        plan = make_plan(model, frame.canonical_shape(labels.shape), frame.spacing_zyx,
+                         _device(options.get("device", "auto")), options.get("precision", "auto"),
+                         options.get("batch_size"))
+        results.append(SegmentationResult(label_image, model, plan, {"total": time.perf_counter() - t0},
+                                          prob_images, stages))
+    return results
+
+
+def _device(name: str):
+    from .environment import resolve_device
+
+    return resolve_device(name)
 
 
 @dataclass

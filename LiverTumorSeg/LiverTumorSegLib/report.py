@@ -180,9 +180,10 @@ def segmentation_report(result) -> dict:
     """The report of a pipeline run (``pipeline.SegmentationResult``): label values, organ and lesions with
     their confidence, the model and what ran. The CLI and the Slicer module's job both write this one."""
     cfg = result.model.config
-    report: dict = {"labels": {lab.name: lab.value for lab in cfg.labels}}
-    organ = next((lab for lab in cfg.labels if lab.role == "organ"), None)
-    lesion = next((lab for lab in cfg.labels if lab.role == "lesion"), None)
+    labels = result.model.output_labels  # every stage's labels, for a cascade
+    report: dict = {"labels": {lab.name: lab.value for lab in labels}}
+    organ = next((lab for lab in labels if lab.role == "organ"), None)
+    lesion = next((lab for lab in labels if lab.role == "lesion"), None)
     if organ is not None and lesion is not None:
         report.update(lesion_report(result.labels, organ_value=organ.value, lesion_value=lesion.value,
                                     organ_name=organ.name, lesion_name=lesion.name,

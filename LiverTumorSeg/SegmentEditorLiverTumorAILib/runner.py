@@ -475,7 +475,7 @@ def runInProcess(image, modelFile: str | os.PathLike, options=None,
     except SegmentationCancelled:
         raise SegmentationCancelledError("segmentation cancelled") from None
     emit({"event": "stage", "stage": "writing"})
-    labels = result.model.config.labels
+    labels = result.model.output_labels
     specs = [SegmentSpec(lab.name, int(lab.value), tuple(int(c) for c in lab.color), lab.terminology)
              for lab in labels]
     report: dict[str, Any] = segmentation_report(result)

@@ -64,7 +64,7 @@ def _segment_and_report(image, model, out: Path, case_id: str, truth=None, devic
     result = run_segmentation(image, model, device=device)
     paths = output_paths(out, case_id)
     write_image_atomic(result.labels, paths["labels"], overwrite=overwrite)
-    write_seg_nrrd(result.labels, model.config.labels, paths["segmentation"], overwrite=overwrite)
+    write_seg_nrrd(result.labels, model.output_labels, paths["segmentation"], overwrite=overwrite)
     report = case_report(result, case_id, case_id, paths)
     if truth is not None:
         pred, ref = sitk.GetArrayViewFromImage(result.labels), sitk.GetArrayViewFromImage(truth)
