@@ -200,6 +200,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
+        self.ui.removeModelButton.connect("clicked(bool)", self.onRemoveModelButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.modelsFolderButton.connect("directoryChanged(QString)", self.onModelsFolderChanged)
         self.ui.checkEnvironmentButton.connect("clicked(bool)", self.onCheckEnvironmentButton)
@@ -338,6 +339,19 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.model = str(imported)
             self.updateModelList()
             self.ui.statusLabel.text = _("Imported {path}").format(path=imported)
+
+    def onRemoveModelButton(self) -> None:
+        model = self._parameterNode.model if self._parameterNode else ""
+        if not model or model.startswith(CATALOG_PREFIX):
+            self.ui.statusLabel.text = _("Select a downloaded or imported model to remove")
+            return
+        if not slicer.util.confirmYesNoDisplay(_("Remove the model file {path}?").format(path=model)):
+            return
+        with slicer.util.tryWithErrorDisplay(_("The model file cannot be removed."), waitCursor=True):
+            removed = self.logic.removeModelFile(model)
+            self._parameterNode.model = ""
+            self.updateModelList()
+            self.ui.statusLabel.text = _("Removed {path}").format(path=removed)
 
     def onModelsFolderChanged(self, folder: str) -> None:
         qt.QSettings().setValue(MODELS_FOLDER_SETTING, folder)
@@ -589,6 +603,12 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         from LiverTumorSegLib.catalog import import_model_file, load_catalog
 
         return import_model_file(path, self.modelsFolder(), overwrite=overwrite, catalog=load_catalog())
+
+    def removeModelFile(self, path: str | os.PathLike) -> Path:
+        """Delete a downloaded or imported model from the models folder (shipped models cannot be removed)."""
+        from LiverTumorSegLib.catalog import remove_model_file
+
+        return remove_model_file(path, self.modelsFolder())
 
     def downloadModel(self, modelId: str) -> Path:
         """Download a catalogue model into the models folder; a wrong checksum deletes the file and says so."""

@@ -26,6 +26,7 @@ from LiverTumorSegLib.catalog import (
     load_catalog,
     models_dir,
     read_model_config,
+    remove_model_file,
     verify_sha256,
 )
 from LiverTumorSegLib.errors import LiverTumorSegError, ModelFileError
@@ -349,3 +350,16 @@ def test_import_refuses_corrupt_and_foreign_files_with_the_model_file_messages(t
         import_model_file(foreign, tmp_path / "models")
     with pytest.raises(ModelFileError, match="model file not found"):
         import_model_file(tmp_path / "missing.pt", tmp_path / "models")
+
+
+def test_only_downloaded_or_imported_models_can_be_removed(tmp_path):
+    folder = tmp_path / "models"
+    imported = import_model_file(tiny_model_file(tmp_path / "liver.pt"), folder)
+    elsewhere = tiny_model_file(tmp_path / "other.pt")
+    with pytest.raises(LiverTumorSegError, match="only downloaded or imported"):
+        remove_model_file(elsewhere, folder)  # not in the models folder: not ours to delete
+    with pytest.raises(LiverTumorSegError, match="only downloaded or imported"):
+        remove_model_file(folder / ".." / "other.pt", folder)
+    assert remove_model_file(imported, folder) == imported and not imported.exists() and elsewhere.exists()
+    with pytest.raises(LiverTumorSegError, match="already removed"):
+        remove_model_file(imported, folder)

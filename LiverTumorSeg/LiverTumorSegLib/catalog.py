@@ -415,3 +415,26 @@ def import_model_file(src: str | os.PathLike, folder: str | os.PathLike, overwri
         if file_sha256(tmp) != digest:  # the source changed while it was copied (still being written?)
             raise ModelFileError(f"{src} changed while it was copied; wait until it is complete and import it again")
     return dest
+
+
+def remove_model_file(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Delete a downloaded or imported model file from the models folder (and nothing else).
+
+    Only a ``.pt`` file directly inside ``folder`` can go: the models shipped with the extension and files
+    elsewhere on disk are not the module's to delete. A downloaded catalogue model can be downloaded again.
+    """
+    path, folder = Path(path), Path(folder)
+    try:
+        inside = path.resolve().parent == folder.resolve()
+    except OSError:
+        inside = False
+    if not inside or path.suffix != ".pt":
+        raise CatalogError(f"{path} is not a model file in the models folder {folder}; only downloaded or imported "
+                           f"models can be removed (shipped models stay with the extension)")
+    if not path.is_file():
+        raise CatalogError(f"{path} does not exist (already removed?); refresh the model list")
+    try:
+        path.unlink()
+    except OSError as e:
+        raise CatalogError(f"cannot remove {path}: {e.strerror}; check the folder's permissions") from None
+    return path
