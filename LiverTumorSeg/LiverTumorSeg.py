@@ -42,9 +42,11 @@ from slicer.util import VTKObservationMixin
 
 MODELS_FOLDER_SETTING = "LiverTumorSeg/ModelsFolder"
 TORCH_MINIMUM = (2, 1)
-#: Python packages the core needs at inference besides torch (SimpleITK, numpy and vtk come with Slicer):
-#: import name -> pip requirement.
-PIP_REQUIREMENTS = {"slicerio": "slicerio>=1.1", "scipy": "scipy>=1.9", "tqdm": "tqdm>=4.60", "monai": "monai>=1.3"}
+#: requirements Slicer itself provides (torch comes from the PyTorch extension); the rest of the cores' requirements
+#: (Resources/requirements.txt, the one list) are pip-installed on first use
+SLICER_PROVIDES = ("torch", "numpy", "simpleitk", "vtk")
+#: pip distribution name -> import name, where they differ
+IMPORT_NAMES = {"simpleitk": "SimpleITK"}
 #: the core's SegmentOptions choices (LiverTumorSegLib.options), repeated here because Slicer builds the parameter
 #: node at startup, before the core may be imported; a test keeps the two identical
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -52,6 +54,22 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OUTPUTS = ("Liver and tumor", "Liver only")
 EFFECT_NAME = "Liver Tumor AI"
 CATALOG_PREFIX = "catalog:"
+
+
+def pipRequirements() -> dict[str, str]:
+    """Import name -> pip requirement for what the cores need beyond what Slicer ships (read from
+    Resources/requirements.txt, the list pyproject.toml also reads)."""
+    import re
+
+    path = os.path.join(_moduleFolder(), "Resources", "requirements.txt")
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            requirement = line.split("#", 1)[0].strip()
+            name = re.split(r"[<>=!~ \[;]", requirement, maxsplit=1)[0].lower() if requirement else ""
+            if name and name not in SLICER_PROVIDES:
+                out[IMPORT_NAMES.get(name, name)] = requirement
+    return out
 
 
 def _moduleFolder() -> str:
@@ -645,7 +663,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
             needTorch = numbers < TORCH_MINIMUM
         except importlib.metadata.PackageNotFoundError:
             needTorch = True
-        missing = [req for module, req in PIP_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+        missing = [req for module, req in pipRequirements().items() if importlib.util.find_spec(module) is None]
         return needTorch, missing
 
     def ensureDependencies(self, askConfirmation: bool = True) -> None:

@@ -122,3 +122,24 @@ def test_icons_have_the_sizes_slicer_expects_and_a_transparent_background(path, 
     alpha = sitk.GetArrayFromImage(image)[..., 3]
     assert alpha[0, 0] == 0 and alpha[-1, -1] == 0  # transparent corners
     assert (alpha == 255).mean() > 0.15  # and a drawing that fills the icon
+
+
+def test_dependencies_are_declared_once_and_each_has_a_reason():
+    """pyproject.toml reads the one requirements file; the README says why each dependency is there."""
+    import re
+
+    import tomllib
+
+    requirements = ROOT / "LiverTumorSeg" / "Resources" / "requirements.txt"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "dependencies" not in project["project"] and "dependencies" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["dependencies"]["file"] == [
+        str(requirements.relative_to(ROOT))]
+    lines = requirements.read_text(encoding="utf-8").splitlines()
+    names = [re.split(r"[<>=!~ ]", line, maxsplit=1)[0] for line in lines if line.strip() and not line.startswith("#")]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Dependencies"):]
+    for name in names:
+        assert re.search(rf"^\| {re.escape(name)} \|", table, re.M | re.I), f"no reason given for {name}"
+    module = (ROOT / "LiverTumorSeg" / "LiverTumorSeg.py").read_text(encoding="utf-8")
+    assert '"requirements.txt"' in module and "PIP_REQUIREMENTS = {" not in module  # the module reads the file

@@ -408,8 +408,9 @@ def test_regions_intersect():
 
 def test_label_masks():
     labels = sitk.GetImageFromArray(np.array([[[0, 1, 2, 2]]], np.uint8))
-    masks = segments.labelMasks(labels, [segments.SegmentSpec("Liver", 1, (1, 2, 3)),
-                                         segments.SegmentSpec("Tumor", 2, (4, 5, 6))])
+    from LiverTumorSegLib.labels import LabelSpec
+
+    masks = segments.labelMasks(labels, [LabelSpec("Liver", 1, (1, 2, 3), ""), LabelSpec("Tumor", 2, (4, 5, 6), "")])
     np.testing.assert_array_equal(masks["Liver"], [[[0, 1, 0, 0]]])
     np.testing.assert_array_equal(masks["Tumor"], [[[0, 0, 1, 1]]])
     assert masks["Liver"].dtype == np.uint8

@@ -68,3 +68,25 @@ def resampled_size(size: int, spacing: float, target_spacing: float) -> int:
 
 def padded_size(size: int, multiple: int) -> int:
     return -(-size // multiple) * multiple
+
+
+def slice_axis(direction) -> int:
+    """ITK index axis of the axial slices: the one the canonical frame takes for z (feet to head). The lesion
+    report, the module's slice ranges and the pipeline all use this one rule."""
+    frame = CanonicalFrame.from_direction(direction, (1.0, 1.0, 1.0))
+    return 2 - frame.axes[0]
+
+
+#: geometry differences (mm for origin and spacing, cosines for direction) treated as float noise
+GRID_TOLERANCE = 1e-4
+
+
+def grid_difference(a, b, tolerance: float = GRID_TOLERANCE) -> str | None:
+    """What differs between two images' grids beyond float noise ("size (..) vs (..)"), or None if they match."""
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()}"
+    for what, va, vb in (("spacing", a.GetSpacing(), b.GetSpacing()), ("origin", a.GetOrigin(), b.GetOrigin()),
+                         ("direction", a.GetDirection(), b.GetDirection())):
+        if not np.allclose(va, vb, rtol=0, atol=tolerance):
+            return f"{what} {tuple(round(v, 6) for v in va)} vs {tuple(round(v, 6) for v in vb)}"
+    return None

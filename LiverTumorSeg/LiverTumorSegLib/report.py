@@ -51,9 +51,9 @@ def longest_in_plane_diameter_mm(mask2d: np.ndarray, spacing: tuple[float, float
 
 
 def _axial_axis(image: sitk.Image) -> int:
-    """ITK index axis most aligned with physical S (z): its slices are the (closest to) axial planes."""
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    return int(np.argmax(np.abs(direction[2, :])))
+    from .geometry import slice_axis
+
+    return slice_axis(image.GetDirection())
 
 
 def _longest_axial_diameter(mask: np.ndarray, axial_np_axis: int, plane_spacing: tuple[float, float]) -> float:

@@ -431,13 +431,12 @@ def readOutputs(outputs: dict[str, str]):
     The ``.seg.nrrd`` carries the labels *and* their names, colours and terminology, so it is the one
     file read for the voxels; the report is the JSON the command wrote.
     """
+    from LiverTumorSegLib.labels import LabelSpec
     from LiverTumorSegLib.segfile import read_seg_nrrd_labels
 
-    from .segments import SegmentSpec
-
     labels, segments = read_seg_nrrd_labels(outputs["segmentation"])
-    specs = [SegmentSpec(s["name"], int(s["labelValue"]), tuple(int(round(c * 255)) for c in s["color"][:3]),
-                         s["terminology"]) for s in segments]
+    specs = [LabelSpec(s["name"], int(s["labelValue"]), tuple(int(round(c * 255)) for c in s["color"][:3]),
+                       s["terminology"]) for s in segments]
     report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8")) if outputs.get("report") else {}
     return labels, specs, report
 
@@ -451,8 +450,6 @@ def runInProcess(image, modelFile: str | os.PathLike, options=None,
     from LiverTumorSegLib.errors import SegmentationCancelled
     from LiverTumorSegLib.pipeline import run_segmentation
     from LiverTumorSegLib.report import segmentation_report
-
-    from .segments import SegmentSpec
 
     log = EventLog(clock)
 
@@ -476,8 +473,7 @@ def runInProcess(image, modelFile: str | os.PathLike, options=None,
         raise SegmentationCancelledError("segmentation cancelled") from None
     emit({"event": "stage", "stage": "writing"})
     labels = result.model.output_labels
-    specs = [SegmentSpec(lab.name, int(lab.value), tuple(int(c) for c in lab.color), lab.terminology)
-             for lab in labels]
+    specs = list(labels)  # the core's label records, as read back from a child process's .seg.nrrd
     report: dict[str, Any] = segmentation_report(result)
     emit({"event": "done", "outputs": {}})
     return result.labels, specs, report

@@ -16,25 +16,16 @@ Slicer, numpy and SimpleITK are imported inside functions: Slicer loads this pac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # for annotations only (and the API check): this file imports without Slicer
     from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkOrientedImageData
 
+    from LiverTumorSegLib.labels import LabelSpec  # the one label record (name, value, colour, terminology)
+
 #: Half-open voxel ranges per ITK index axis: ((i0, i1), (j0, j1), (k0, k1)).
 IndexBox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 _LPS_FROM_RAS = (-1.0, -1.0, 1.0)
-
-
-@dataclass(frozen=True)
-class SegmentSpec:
-    """One label of a label map as a segment: name, label value, colour (0-255 RGB), TerminologyEntry."""
-
-    name: str
-    value: int
-    color: tuple[int, int, int]
-    terminology: str = ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,11 +69,10 @@ def imageFromArray(arrayKji, ijkToRas, extentStart: Sequence[int] = (0, 0, 0)):
 
 
 def sliceAxis(image) -> int:
-    """ITK index axis most aligned with S (that of the axial slices), as the core's lesion report uses."""
-    import numpy as np
+    """ITK index axis of the axial slices: the core's one rule (``geometry.slice_axis``)."""
+    from LiverTumorSegLib.geometry import slice_axis
 
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    return int(np.argmax(np.abs(direction[2, :])))
+    return slice_axis(image.GetDirection())
 
 
 def regionFromSliceRange(image, first: int, last: int | None) -> IndexBox:
@@ -146,7 +136,7 @@ def intersectRegions(a: IndexBox | None, b: IndexBox | None) -> IndexBox | None:
     return box  # type: ignore[return-value]
 
 
-def labelMasks(labels, specs: Sequence[SegmentSpec]):
+def labelMasks(labels, specs: Sequence[LabelSpec]):
     """{spec name: uint8 (k, j, i) mask} of each label of a label map."""
     import numpy as np
     import SimpleITK as sitk
@@ -186,7 +176,7 @@ def ensureSegment(segmentationNode: vtkMRMLSegmentationNode, name: str, color: S
 
 
 def writeLabelmapToSegments(segmentationNode: vtkMRMLSegmentationNode, labelsImage,
-                            volumeNode: vtkMRMLScalarVolumeNode, specs: Sequence[SegmentSpec]) -> list[str]:
+                            volumeNode: vtkMRMLScalarVolumeNode, specs: Sequence[LabelSpec]) -> list[str]:
     """Write each label of ``labelsImage`` (on ``volumeNode``'s voxel grid) into the segment of its name.
 
     Existing segments of those names are updated in place (content replaced, colour and terminology set),

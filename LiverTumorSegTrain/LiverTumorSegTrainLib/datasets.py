@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorSegLib.errors import InputImageError, LiverTumorSegError
+from LiverTumorSegLib.geometry import GRID_TOLERANCE, grid_difference
 from LiverTumorSegLib.imageio import read_image_file
 from LiverTumorSegLib.validation import HU_VALID_KEY
 
@@ -44,8 +45,6 @@ KINDS = ("msd", "lits", "ircadb", "npz", "slicer", "phantom-folder")
 LIVER_TUMOR = ("liver", "tumor")
 VESSEL_TUMOR = ("vessel", "tumor")
 
-#: Geometry differences (mm for origin/spacing, cosines for direction) treated as float noise.
-GRID_TOLERANCE = 1e-4
 
 SUPPORTED_LAYOUTS = (
     "MSD (dataset.json), LiTS (volume-N.nii[.gz] + segmentation-N.nii[.gz]), 3D-IRCADb "
@@ -679,17 +678,6 @@ def _image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.CopyInformation(reference)
     return image
-
-
-def grid_difference(a: sitk.Image, b: sitk.Image, tolerance: float = GRID_TOLERANCE) -> str | None:
-    """What differs between two grids beyond float noise ("size (..) vs (..)"), or None if they match."""
-    if a.GetSize() != b.GetSize():
-        return f"size {a.GetSize()} vs {b.GetSize()}"
-    for what, va, vb in (("spacing", a.GetSpacing(), b.GetSpacing()), ("origin", a.GetOrigin(), b.GetOrigin()),
-                         ("direction", a.GetDirection(), b.GetDirection())):
-        if not np.allclose(va, vb, rtol=0, atol=tolerance):
-            return f"{what} {tuple(round(v, 6) for v in va)} vs {tuple(round(v, 6) for v in vb)}"
-    return None
 
 
 def _check_same_grid(case_id: str, ct: sitk.Image, other: sitk.Image, what: str) -> None:

@@ -20,8 +20,9 @@ import SimpleITK as sitk
 
 from LiverTumorSegLib.atomicfile import ensure_output_folder, write_image_atomic, write_json_atomic
 from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.geometry import grid_difference
 
-from .datasets import KINDS, LabeledCase, find_cases, grid_difference
+from .datasets import KINDS, LabeledCase, find_cases
 
 LAYOUTS = ("lits", "msd")
 

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.geometry import GRID_TOLERANCE, grid_difference
 from LiverTumorSegLib.volumes import bounding_box
 
 __all__ = [
@@ -55,8 +56,6 @@ SMALL_BELOW_MM, LARGE_ABOVE_MM = 10.0, 20.0
 OVERLAP_METRICS: tuple[str, ...] = ("dice", "jaccard", "voe", "rvd", "rvd_lits")
 SURFACE_METRICS: tuple[str, ...] = ("assd", "rmsd", "msd", "hd95")
 
-#: Grids that differ by less than this (mm for spacing/origin, dimensionless for direction) are the same.
-GRID_TOLERANCE = 1e-4
 
 _SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
 _TWENTY_SIX_CONNECTED = np.ones((3, 3, 3), dtype=bool)
@@ -323,10 +322,6 @@ def lesion_detection(pred_lesion_mask: np.ndarray, ref_lesion_mask: np.ndarray,
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmt(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{x:.6g}" for x in values) + ")"
-
-
 def check_same_grid(pred: sitk.Image, ref: sitk.Image, tolerance: float = GRID_TOLERANCE) -> None:
     """Raise :class:`GridMismatchError` unless size, spacing, origin and direction agree.
 
@@ -337,16 +332,10 @@ def check_same_grid(pred: sitk.Image, ref: sitk.Image, tolerance: float = GRID_T
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise LabelMapError(f"{name} is not a 3-D scalar label map ({image.GetDimension()}-D, "
                                     f"{image.GetNumberOfComponentsPerPixel()} components)")
-    problems = []
-    if pred.GetSize() != ref.GetSize():
-        problems.append(f"size {pred.GetSize()} vs {ref.GetSize()}")
-    for what, getter in (("spacing", "GetSpacing"), ("origin", "GetOrigin"), ("direction", "GetDirection")):
-        a, b = getattr(pred, getter)(), getattr(ref, getter)()
-        if np.max(np.abs(np.subtract(a, b))) > tolerance:
-            problems.append(f"{what} {_fmt(a)} vs {_fmt(b)}")
-    if problems:
-        raise GridMismatchError("prediction and reference grids differ: " + "; ".join(problems)
-                                + " (resample the prediction onto the reference grid, nearest neighbour)")
+    diff = grid_difference(pred, ref, tolerance)
+    if diff is not None:
+        raise GridMismatchError(f"prediction and reference grids differ: {diff} (resample the prediction onto the "
+                                f"reference grid, nearest neighbour)")
 
 
 def _spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
