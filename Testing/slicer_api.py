@@ -33,6 +33,7 @@ SHARED_API = ROOT.parent / "shared" / "slicer" / "slicer_api_surface.txt"
 MIN_VERSION = (5, 10, 0)
 #: The Slicer glue: files that import slicer (patterns relative to the repository root).
 GLUE_PATTERNS = ("LiverTumorSeg/LiverTumorSeg.py", "LiverTumorSeg/SegmentEditorLiverTumorAILib/*.py",
+                 "LiverTumorSeg/LiverTumorSegModuleLib/*.py",
                  "LiverTumorSegTrain/LiverTumorSegTrain.py", "LiverTumorSegTrain/Scripts/*.py")
 #: CMake files whose Slicer macros and EXTENSION_* variables are checked too.
 CMAKE_PATTERNS = ("CMakeLists.txt", "LiverTumorSeg/CMakeLists.txt", "LiverTumorSegTrain/CMakeLists.txt")

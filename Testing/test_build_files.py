@@ -141,5 +141,5 @@ def test_dependencies_are_declared_once_and_each_has_a_reason():
     table = readme[readme.index("## Dependencies"):]
     for name in names:
         assert re.search(rf"^\| {re.escape(name)} \|", table, re.M | re.I), f"no reason given for {name}"
-    module = (ROOT / "LiverTumorSeg" / "LiverTumorSeg.py").read_text(encoding="utf-8")
+    module = (ROOT / "LiverTumorSeg" / "LiverTumorSegModuleLib" / "install.py").read_text(encoding="utf-8")
     assert '"requirements.txt"' in module and "PIP_REQUIREMENTS = {" not in module  # the module reads the file

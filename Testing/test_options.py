@@ -6,7 +6,7 @@ import ast
 import dataclasses
 import inspect
 
-from test_slicer_glue import MODULE, parameter_fields, parse
+from test_slicer_glue import PARAMETERS, WIDGET, parameter_fields, parse
 
 from LiverTumorSegLib.cli import build_parser
 from LiverTumorSegLib.options import DEVICES, PRECISIONS, SegmentOptions
@@ -39,7 +39,7 @@ def test_the_module_gui_sets_every_option():
     fields = parameter_fields()
     for option, parameters in SegmentOptions.gui_parameters().items():
         assert parameters and set(parameters) <= set(fields), (option, parameters)
-    run_options = next(n for n in ast.walk(parse(MODULE)) if isinstance(n, ast.FunctionDef) and n.name == "_runOptions")
+    run_options = next(n for n in ast.walk(parse(WIDGET)) if isinstance(n, ast.FunctionDef) and n.name == "_runOptions")
     passed = {k.value for n in ast.walk(run_options) if isinstance(n, ast.Dict) for k in n.keys
               if isinstance(k, ast.Constant)}
     passed |= {k.arg for n in ast.walk(run_options) if isinstance(n, ast.Call) for k in n.keywords if k.arg}
@@ -49,7 +49,7 @@ def test_the_module_gui_sets_every_option():
 
 
 def test_the_modules_choices_are_the_cores():
-    tree = parse(MODULE)
+    tree = parse(PARAMETERS)
     values = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
               for t in n.targets if isinstance(t, ast.Name) and t.id in ("DEVICES", "PRECISIONS")}
     assert values == {"DEVICES": DEVICES, "PRECISIONS": PRECISIONS}

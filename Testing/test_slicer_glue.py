@@ -29,15 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "LiverTumorSeg"
 MODULE = MODULE_DIR / "LiverTumorSeg.py"
 UI = MODULE_DIR / "Resources" / "UI" / "LiverTumorSeg.ui"
-LIB = MODULE_DIR / "SegmentEditorLiverTumorAILib"
-EFFECT = LIB / "SegmentEditorEffect.py"
-GLUE_FILES = [MODULE, EFFECT, LIB / "__init__.py", LIB / "segments.py", LIB / "runner.py"]
+EFFECT_LIB = MODULE_DIR / "SegmentEditorLiverTumorAILib"
+EFFECT = EFFECT_LIB / "SegmentEditorEffect.py"
+LIB = MODULE_DIR / "LiverTumorSegModuleLib"
+PARAMETERS, WIDGET, SELFTEST = LIB / "parameters.py", LIB / "widget.py", LIB / "selftest.py"
+GLUE_FILES = [MODULE, EFFECT, EFFECT_LIB / "__init__.py", *sorted(LIB.glob("*.py"))]
 HEAVY = {"torch", "numpy", "SimpleITK", "LiverTumorSegLib", "LiverTumorSegTrainLib", "sitkUtils"}
 
 if str(MODULE_DIR) not in sys.path:  # as in Slicer: the module's folder is on sys.path
     sys.path.insert(0, str(MODULE_DIR))
 
-from SegmentEditorLiverTumorAILib import runner, segments  # noqa: E402
+from LiverTumorSegModuleLib import events, jobs, segments  # noqa: E402
 
 
 def parse(path: Path) -> ast.Module:
@@ -67,16 +69,28 @@ def test_nothing_heavy_is_imported_when_slicer_loads_the_file(path):
 
 
 def test_the_import_reader_sees_imports():
-    assert {"slicer", "qt", "vtk"} <= imported_at_import_time(MODULE)
+    assert {"slicer", "qt", "vtk"} <= imported_at_import_time(WIDGET) | imported_at_import_time(LIB / "logic.py")
     assert "SegmentEditorEffects" in imported_at_import_time(EFFECT)
 
 
-def test_the_helper_package_imports_without_slicer():
-    """The package's __init__ must not pull in the effect (which needs Slicer): CI and PythonSlicer import it."""
-    assert parse(LIB / "__init__.py").body == [] or all(
-        isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in parse(LIB / "__init__.py").body)
-    assert "slicer" not in imported_at_import_time(LIB / "runner.py")
-    assert "slicer" not in imported_at_import_time(LIB / "segments.py")
+def test_the_packages_import_without_slicer_where_child_processes_and_ci_need_them():
+    """The packages' __init__ files pull in nothing (the effect needs Slicer); the job runner, its event parsing
+    and the segment geometry import without Slicer (PythonSlicer child processes and CI use them)."""
+    for init in (EFFECT_LIB / "__init__.py", LIB / "__init__.py"):
+        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in parse(init).body)
+    for name in ("events.py", "jobs.py", "segments.py", "paths.py"):
+        assert "slicer" not in imported_at_import_time(LIB / name)
+
+
+def test_the_effects_package_holds_only_the_effect():
+    assert sorted(p.name for p in EFFECT_LIB.glob("*.py")) == ["SegmentEditorEffect.py", "__init__.py"]
+
+
+def test_the_module_file_is_small_and_its_classes_come_from_the_library():
+    tree = parse(MODULE)
+    assert len(MODULE.read_text(encoding="utf-8").splitlines()) < 150
+    imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {"LiverTumorSegWidget", "LiverTumorSegLogic", "LiverTumorSegTest"} <= imported
 
 
 def test_the_effect_has_the_hooks_the_segment_editor_calls():
@@ -124,12 +138,12 @@ def test_the_module_registers_the_effect_at_startup_completed():
     assert any(isinstance(c.func, ast.Attribute) and c.func.attr == "register" for c in calls_in(register))
     imports = {a.name for n in ast.walk(register) if isinstance(n, ast.Import) for a in n.names}
     assert imports == {"qSlicerSegmentationsEditorEffectsPythonQt"}  # nothing heavy at registration
-    source = MODULE.read_text(encoding="utf-8")
+    source = (LIB / "paths.py").read_text(encoding="utf-8")
     assert '"SegmentEditorLiverTumorAILib", "SegmentEditorEffect.py"' in source and EFFECT.is_file()
 
 
 def test_the_self_test_is_enabled_and_runs_every_test():
-    test = class_def(parse(MODULE), "LiverTumorSegTest")
+    test = class_def(parse(SELFTEST), "LiverTumorSegTest")
     assert [dotted(b) for b in test.bases] == ["ScriptedLoadableModuleTest"]
     assert not any(isinstance(n, ast.Assign) and any(dotted(t).endswith("testLogic") for t in n.targets)
                    for n in ast.walk(test)), "the self-test must not be disabled"
@@ -142,7 +156,7 @@ def test_the_self_test_is_enabled_and_runs_every_test():
 
 def parameter_fields() -> dict[str, str]:
     """Fields of the @parameterNodeWrapper class: name -> annotation source."""
-    tree = parse(MODULE)
+    tree = parse(PARAMETERS)
     cls = class_def(tree, "LiverTumorSegParameterNode")
     assert any(dotted(d) == "parameterNodeWrapper" for d in cls.decorator_list)
     return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
@@ -207,7 +221,7 @@ def test_every_bound_widget_names_a_parameter_and_suits_its_type():
 
 
 def test_every_widget_the_code_uses_is_in_the_ui():
-    used = {n.attr for n in ast.walk(parse(MODULE)) if isinstance(n, ast.Attribute)
+    used = {n.attr for n in ast.walk(parse(WIDGET)) if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"
             and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"}
     widgets = ui_widgets()
@@ -252,7 +266,7 @@ RECORDED = [
 
 def test_event_log_follows_stages_slices_fraction_and_eta():
     clock = FakeClock()
-    log = runner.EventLog(clock)
+    log = events.EventLog(clock)
     fractions, etas = [], []
     for line, dt in zip(RECORDED, [0, 1, 1, 2, 0, 2, 7, 0, 1]):
         clock.now += dt
@@ -272,33 +286,33 @@ def test_event_log_follows_stages_slices_fraction_and_eta():
 
 
 def test_progress_text():
-    p = runner.Progress(stage="segmenting", done=34, total=120, fraction=0.3, etaSeconds=12.4)
+    p = events.Progress(stage="segmenting", done=34, total=120, fraction=0.3, etaSeconds=12.4)
     assert p.text() == "Segmenting: 34 / 120 slices, about 12 s left"
-    assert runner.Progress(stage="segmenting", done=1, total=9).text() == "Segmenting: 1 / 9 slices"
-    assert runner.Progress(stage="loading model").text() == "Loading model..."
-    assert runner.formatDuration(150) == "about 2 min" and runner.formatDuration(7200) == "about 2.0 h"
+    assert events.Progress(stage="segmenting", done=1, total=9).text() == "Segmenting: 1 / 9 slices"
+    assert events.Progress(stage="loading model").text() == "Loading model..."
+    assert events.formatDuration(150) == "about 2 min" and events.formatDuration(7200) == "about 2.0 h"
 
 
 def test_lines_that_are_not_events_are_kept_but_not_parsed():
     for line in ("", "plain text", "{not json", '{"no": "event"}', "[1, 2]", '{"event": 3}'):
-        assert runner.parseEvent(line) is None
-    assert runner.parseEvent('  {"event": "stage", "stage": "reading"}  ') == {"event": "stage", "stage": "reading"}
+        assert events.parseEvent(line) is None
+    assert events.parseEvent('  {"event": "stage", "stage": "reading"}  ') == {"event": "stage", "stage": "reading"}
 
 
 def test_errors_come_from_error_events_and_error_lines():
-    log = runner.EventLog()
+    log = events.EventLog()
     log.feed('{"event": "error", "case": "volume", "message": "2 thresholds needed (one per label: Liver, Tumor), '
              'got 1"}')
     log.feed("livertumorseg: error: volume: 2 thresholds needed (one per label: Liver, Tumor), got 1")
     assert log.errors == ["2 thresholds needed (one per label: Liver, Tumor), got 1"]
     assert log.errorMessage(1) == "2 thresholds needed (one per label: Liver, Tumor), got 1"
 
-    crash = runner.EventLog()
+    crash = events.EventLog()
     for line in ("Traceback (most recent call last):", '  File "x.py", line 1', "ModuleNotFoundError: No module "
                  "named 'torch'"):
         crash.feed(line)
     assert "PyTorch is not installed" in crash.errorMessage(1)
-    assert "exit code 3" in runner.EventLog().errorMessage(3)
+    assert "exit code 3" in events.EventLog().errorMessage(3)
 
 
 def test_the_command_line():
@@ -308,27 +322,27 @@ def test_the_command_line():
     options = SegmentOptions(device="cuda", precision="fp32", batch_size=4, thresholds=(0.5, 0.25),
                              min_lesion_mm3=20, min_lesion_confidence=0.6, organ_margin_mm=2.5, keep_labels=("Liver",),
                              region=((1, 5), (0, 9), (2, 3)), use_localizer=False, allow_non_ct=True)
-    argv = runner.segmentCommand("/in/ct.nrrd", "/out", "/m/model.pt", options, python="/slicer/bin/PythonSlicer")
+    argv = jobs.segmentCommand("/in/ct.nrrd", "/out", "/m/model.pt", options, python="/slicer/bin/PythonSlicer")
     assert argv[:12] == ["/slicer/bin/PythonSlicer", "-m", "LiverTumorSegLib", "segment", "/in/ct.nrrd", "-o",
                          "/out", "--model", "/m/model.pt", "--progress", "json", "--overwrite"]
     args = build_parser(with_plugins=False).parse_args(argv[3:])  # the core's own parser accepts exactly this
     assert SegmentOptions.from_args(args) == options  # and reads back every option
-    assert runner.segmentCommand("a", "b", "c")[0] == runner.pythonExecutable()
-    assert runner.segmentCommand("a", "b", "c", SegmentOptions())[-1] == "--quiet"  # defaults add no flags
+    assert jobs.segmentCommand("a", "b", "c")[0] == jobs.pythonExecutable()
+    assert jobs.segmentCommand("a", "b", "c", SegmentOptions())[-1] == "--quiet"  # defaults add no flags
 
 
 def test_python_executable_outside_slicer_is_this_python(monkeypatch):
-    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
-    assert runner.pythonExecutable() == sys.executable
-    monkeypatch.setattr(runner.shutil, "which", lambda name: "/opt/Slicer/bin/PythonSlicer")
-    assert runner.pythonExecutable() == "/opt/Slicer/bin/PythonSlicer"
+    monkeypatch.setattr(jobs.shutil, "which", lambda name: None)
+    assert jobs.pythonExecutable() == sys.executable
+    monkeypatch.setattr(jobs.shutil, "which", lambda name: "/opt/Slicer/bin/PythonSlicer")
+    assert jobs.pythonExecutable() == "/opt/Slicer/bin/PythonSlicer"
 
 
 def test_child_environment_puts_the_core_first_once():
-    env = runner.childEnvironment({"PYTHONPATH": os.pathsep.join(["/a", "/core"]), "X": "1"}, ["/core"])
+    env = jobs.childEnvironment({"PYTHONPATH": os.pathsep.join(["/a", "/core"]), "X": "1"}, ["/core"])
     assert env["PYTHONPATH"] == os.pathsep.join(["/core", "/a"])
     assert env["X"] == "1" and env["PYTHONUNBUFFERED"] == "1" and env["PYTHONIOENCODING"] == "utf-8"
-    assert "PYTHONPATH" not in runner.childEnvironment({}, [])
+    assert "PYTHONPATH" not in jobs.childEnvironment({}, [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,10 +515,10 @@ def phantom():
     return make_phantom(shape_zyx=(16, 64, 64), spacing_zyx=(3.0, 2.0, 2.0), seed=1, lesion_diameters_mm=(14.0,))
 
 
-def job_for(image, model, **options) -> runner.SegmentationJob:
+def job_for(image, model, **options) -> jobs.SegmentationJob:
     from LiverTumorSegLib.options import SegmentOptions
 
-    return runner.SegmentationJob(image, model, SegmentOptions(device="cpu", **options))
+    return jobs.SegmentationJob(image, model, SegmentOptions(device="cpu", **options))
 
 
 def test_a_child_process_run_reports_progress_and_its_outputs(tiny_model, phantom):
@@ -519,8 +533,8 @@ def test_a_child_process_run_reports_progress_and_its_outputs(tiny_model, phanto
         job.cleanup()
     assert not folder.exists(), "cleanup removes the job's folder"
     # the callback sees the state at each poll; every event is in the log
-    events = [runner.parseEvent(line) for line in job.log.splitlines()]
-    assert [e["done"] for e in events if e and e["event"] == "progress"] == [4, 8, 12, 16]
+    parsed = [events.parseEvent(line) for line in job.log.splitlines()]
+    assert [e["done"] for e in parsed if e and e["event"] == "progress"] == [4, 8, 12, 16]
     assert any(s[0] == "segmenting" for s in seen)
     assert seen[-1] == ("done", 16, 16, 1.0), "progress reaches the total number of slices"
     assert [f for _, _, _, f in seen] == sorted(f for _, _, _, f in seen)
@@ -573,7 +587,7 @@ def test_cancel_kills_the_run_quickly_and_leaves_no_outputs(tiny_model):
             time.sleep(0.02)
         assert time.monotonic() - t0 < 5
         assert process.returncode != 0
-        with pytest.raises(runner.SegmentationCancelledError):
+        with pytest.raises(jobs.SegmentationCancelledError):
             process.result()
         if os.name != "nt":
             with pytest.raises(ProcessLookupError):
@@ -590,9 +604,9 @@ def test_a_callback_returning_false_cancels(tiny_model, phantom):
     ct, _ = phantom
     job = job_for(ct, tiny_model)
     try:
-        with pytest.raises(runner.SegmentationCancelledError):
+        with pytest.raises(jobs.SegmentationCancelledError):
             job.run(lambda p: False, pythonPath=[str(MODULE_DIR)])
-        with pytest.raises(runner.SegmentationCancelledError):
+        with pytest.raises(jobs.SegmentationCancelledError):
             job.run(lambda p: p.stage != "segmenting", inProcess=True)
     finally:
         job.cleanup()
@@ -605,7 +619,7 @@ def test_errors_come_back_with_the_log(tiny_model, phantom, tmp_path):
     missing = job_for(ct, str(tmp_path / "no-model.pt"))
     try:
         for job, expected in ((flat, "3-D"), (wrong, "2 thresholds needed"), (missing, "model file not found")):
-            with pytest.raises(runner.SegmentationRunError) as caught:
+            with pytest.raises(jobs.SegmentationRunError) as caught:
                 job.run(pythonPath=[str(MODULE_DIR)])
             assert expected in str(caught.value), caught.value.log
             assert "\n" not in str(caught.value)
@@ -621,7 +635,7 @@ def test_a_python_that_cannot_start_is_a_clear_error(tmp_path, phantom, tiny_mod
     ct, _ = phantom
     job = job_for(ct, tiny_model)
     try:
-        with pytest.raises(runner.SegmentationRunError, match="cannot start"):
+        with pytest.raises(jobs.SegmentationRunError, match="cannot start"):
             job.run(python=str(tmp_path / "no-python"))
     finally:
         job.cleanup()
@@ -630,7 +644,7 @@ def test_a_python_that_cannot_start_is_a_clear_error(tmp_path, phantom, tiny_mod
 def test_the_info_command_the_environment_panel_runs(tmp_path):
     """The module's environment panel parses ``info --json`` from the child process."""
     argv = [sys.executable, "-m", "LiverTumorSegLib", "info", "--json"]
-    process = runner.SegmentationProcess(argv, env=runner.childEnvironment(pythonPath=[str(MODULE_DIR)])).start()
+    process = jobs.SegmentationProcess(argv, env=jobs.childEnvironment(pythonPath=[str(MODULE_DIR)])).start()
     deadline = time.monotonic() + 120
     while not process.poll():
         assert time.monotonic() < deadline
@@ -650,7 +664,7 @@ def test_cancel_also_kills_what_the_launcher_started(tmp_path):
                       "time.sleep(60)'])\n"
                       "print('pid', child.pid, flush=True)\n"
                       "child.wait()\n", encoding="utf-8")
-    process = runner.SegmentationProcess([sys.executable, str(script)]).start()
+    process = jobs.SegmentationProcess([sys.executable, str(script)]).start()
     deadline = time.monotonic() + 30
     while not any(line.startswith("pid ") for line in process.log.lines):
         process.poll()

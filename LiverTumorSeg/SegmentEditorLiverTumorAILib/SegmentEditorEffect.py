@@ -144,7 +144,7 @@ report. The first run installs PyTorch and other Python packages after you confi
         return LiverTumorSegLogic()
 
     def onApply(self):
-        from SegmentEditorLiverTumorAILib.runner import SegmentationCancelledError, SegmentationRunError
+        from LiverTumorSegModuleLib.jobs import SegmentationCancelledError, SegmentationRunError
 
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         segmentationNode = parameterSetNode.GetSegmentationNode()
@@ -162,7 +162,7 @@ report. The first run installs PyTorch and other Python packages after you confi
 
     def run(self, parameterSetNode: vtkMRMLSegmentEditorNode, segmentationNode: vtkMRMLSegmentationNode) -> str:
         """Segment the source volume and write the segments; returns a one-line summary."""
-        from SegmentEditorLiverTumorAILib import segments
+        from LiverTumorSegModuleLib import segments
 
         logic = self._logic()
         logic.ensureDependencies()
