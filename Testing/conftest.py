@@ -8,6 +8,9 @@ that differ from the phantom's truth.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -19,6 +22,11 @@ from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel
 from LiverTumorSegLib.models import register_model
 
 LIVER_HU, TUMOR_HU = 100.0, 180.0
+
+# As in Slicer, the module's folder is on sys.path: its library (LiverTumorSegModuleLib) imports from there.
+_MODULE_DIR = str(Path(__file__).resolve().parents[1] / "LiverTumorSeg")
+if _MODULE_DIR not in sys.path:
+    sys.path.insert(0, _MODULE_DIR)
 
 
 @register_model("test_oracle")
@@ -92,3 +100,25 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
+
+
+#: a field of view where 26 mm lesions fit unshrunk (z, y, x mm)
+PHANTOM_SPACING = (3.0, 2.6, 2.4)
+
+
+@pytest.fixture(scope="module")
+def phantom_pair():
+    """Label maps for metric tests: reference = phantom seed 3; prediction = another phantom (different liver,
+    other lesions)."""
+    from LiverTumorSegLib.phantom import make_phantom
+
+    kw = dict(shape_zyx=(30, 64, 72), spacing_zyx=PHANTOM_SPACING)
+    _, ref = make_phantom(seed=3, lesion_diameters_mm=(8.0, 14.0, 26.0), **kw)
+    _, pred = make_phantom(seed=4, lesion_diameters_mm=(12.0, 22.0), **kw)
+    return pred, ref
+
+
+def label_image(arr: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0)) -> sitk.Image:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr).astype(np.uint8))
+    img.SetSpacing([float(s) for s in reversed(spacing_zyx)])
+    return img

@@ -6,11 +6,11 @@ import ast
 import dataclasses
 import inspect
 
-from test_slicer_glue import PARAMETERS, WIDGET, parameter_fields, parse
-
 from LiverTumorSegLib.cli import build_parser
 from LiverTumorSegLib.options import DEVICES, PRECISIONS, SegmentOptions
 from LiverTumorSegLib.pipeline import run_segmentation
+
+from test_slicer_glue import PARAMETERS, WIDGET, parameter_fields, parse
 
 FIELDS = {f.name for f in dataclasses.fields(SegmentOptions)}
 #: segment-command arguments that are about files and output, not about how to segment

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 import slicer_api
 from slicer_api import ROOT, SHARED_API, check, cmake_uses, glue_files, problems, project_api, slicer_api_uses
 

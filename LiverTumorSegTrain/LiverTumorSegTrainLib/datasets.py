@@ -19,104 +19,37 @@ Label conventions (values 1..n, names in ``label_names``):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import re
-import tempfile
-import warnings
 import zipfile
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Iterator
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from LiverTumorSegLib.errors import InputImageError, LiverTumorSegError
-from LiverTumorSegLib.geometry import GRID_TOLERANCE, grid_difference
+from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.imageio import read_image_file
 from LiverTumorSegLib.validation import HU_VALID_KEY
 
-#: Dataset kinds, in the order auto-detection tries them.
-KINDS = ("msd", "lits", "ircadb", "npz", "slicer", "phantom-folder")
-
-LIVER_TUMOR = ("liver", "tumor")
-VESSEL_TUMOR = ("vessel", "tumor")
-
-
-SUPPORTED_LAYOUTS = (
-    "MSD (dataset.json), LiTS (volume-N.nii[.gz] + segmentation-N.nii[.gz]), 3D-IRCADb "
-    "(patient folders with PATIENT_DICOM and MASKS_DICOM, folders or .zip), npz (keys image, label, "
-    "spacing_zyx), 3D Slicer (<case>.seg.nrrd beside <case>.nrrd/.nii.gz/.nii/.mha), phantom "
-    "(<case>.nii.gz + <case>_truth.nii.gz)")
-
-_CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
-_SEG_SUFFIX = ".seg.nrrd"
-#: name endings/beginnings of label volumes that are never a CT
-_LABEL_LIKE_END = ("_truth", "-label", "_label", "_labels", ".labels", "-seg", "_seg", "-segmentation",
-                   "_segmentation")
-_IRCADB_INNER = {"PATIENT_DICOM", "MASKS_DICOM", "LABELLED_DICOM", "MESHES_VTK"}
-_LITS_FILE = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$", re.I)
-_NPZ_KEYS = {"image", "spacing_zyx"}
-
-# Segment recognition in Slicer files: by name first, else by terminology type code.
-_TUMOR_WORDS = re.compile(r"tumou?r|lesion|neoplasm|cancer|metasta")
-_NOT_LIVER_WORDS = re.compile(r"vessel|vein|arter|cyst|kyst|portal|duct|bile|biliar")
-_LIVER_CODES = {"10200004", "T-62000"}  # SCT liver; SRT liver (Slicer 4 terminology)
-_TUMOR_CODES = {"108369006", "4147007", "52988006",  # SCT neoplasm, mass, lesion
-                "M-80000", "M-03000", "M-01000"}  # SRT neoplasm, mass, lesion (Slicer 4 terminology)
-
-# MSD label names → our names
-_MSD_NAMES = {"cancer": "tumor", "tumour": "tumor", "tumor": "tumor", "tumours": "tumor", "tumors": "tumor",
-              "liver tumor": "tumor", "liver tumour": "tumor", "hepatic vessel": "vessel",
-              "hepatic vessels": "vessel", "vessel": "vessel", "vessels": "vessel", "liver": "liver"}
-
-
-@dataclass(frozen=True)
-class LabeledCase:
-    """One training case: where its CT and labels are, and what its label values mean.
-
-    It holds paths, not pixels, so that a whole dataset can be listed, split by patient and cached
-    without reading a single volume; ``load`` reads it when needed.
-    """
-
-    case_id: str
-    kind: str  # one of KINDS
-    label_names: tuple[str, ...]  # names of label values 1..n, lower case
-    image_path: Path
-    label_path: Path | None = None  # None: unlabelled (pseudo-labelling)
-    #: scans of one patient share a group, and a group is never split between training and validation
-    #: (None: the case is its own group)
-    group: str | None = None
-    #: HU range the stored image really holds (values outside it were clipped at the source); None: full range
-    hu_valid: tuple[float, float] | None = None
-
-    @property
-    def patient_group(self) -> str:
-        return self.group or self.case_id
-
-    def load(self) -> tuple[sitk.Image, sitk.Image | None]:
-        """(ct, labels): the CT as stored (HU) and a uint8 label map with the CT's exact geometry.
-
-        Raises LiverTumorSegError (one line, naming the case) when files are unreadable, the grids do
-        not match, or label values are not the documented ones.
-        """
-        try:
-            ct, labels = _LOADERS[self.kind](self)
-        except InputImageError as e:  # a truncated or lying file, NaN voxels (read_image_file's checks)
-            raise LiverTumorSegError(f"case {self.case_id}: {e}") from None
-        except RuntimeError as e:  # SimpleITK/GDCM read errors
-            raise LiverTumorSegError(f"case {self.case_id}: cannot read its image or labels: {_last_line(e)}; "
-                                     f"check or re-download the files") from None
-        if ct.GetDimension() != 3 or ct.GetNumberOfComponentsPerPixel() != 1:
-            raise LiverTumorSegError(f"case {self.case_id}: {self.image_path} is not a 3-D scalar CT volume")
-        if labels is not None:
-            _check_same_grid(self.case_id, ct, labels, "label map")
-            labels.CopyInformation(ct)  # only float noise can differ now
-        return ct, labels
-
+from .datasets_common import (
+    _IRCADB_INNER,
+    _LABEL_LIKE_END,
+    _LITS_FILE,
+    _MSD_NAMES,
+    _NPZ_KEYS,
+    KINDS,
+    LIVER_TUMOR,
+    SUPPORTED_LAYOUTS,
+    LabeledCase,
+    _image_like,
+    _labels_uint8,
+    _natural,
+    _strip_suffix,
+)
+from .datasets_ircadb import _find_ircadb, _load_ircadb
+from .datasets_slicer import _find_slicer, _load_slicer, segment_role  # noqa: F401 (segment_role: public)
 
 # --------------------------------------------------------------------------------------------------
 # Finding cases
@@ -179,18 +112,8 @@ def _walk(root: Path) -> list[tuple[Path, list[str], list[str]]]:
     return out
 
 
-def _natural(text: str) -> tuple:
-    """Sort key where digit runs compare as numbers: case2 < case10."""
-    parts = re.split(r"(\d+)", text)
-    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)), text
 
 
-def _strip_suffix(name: str, suffixes: tuple[str, ...] = _CT_SUFFIXES) -> str | None:
-    low = name.lower()
-    for suffix in suffixes:
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
 
 
 def _unique_ids(cases: list[LabeledCase], root: Path) -> list[LabeledCase]:
@@ -332,105 +255,6 @@ def _find_msd(root: Path, listing, include_unlabelled: bool) -> list[LabeledCase
     return cases
 
 
-# ---- 3D-IRCADb-01 ---------------------------------------------------------------------------------
-
-
-def _find_ircadb(root: Path, listing, include_unlabelled: bool) -> list[LabeledCase]:
-    """Patient folders holding ``PATIENT_DICOM`` (folder or .zip), labelled when ``MASKS_DICOM`` is there."""
-    cases = []
-    for folder, dirs, names in listing:
-        entries = {n.upper(): folder / n for n in [*dirs, *names]}
-        image = entries.get("PATIENT_DICOM") or entries.get("PATIENT_DICOM.ZIP")
-        if image is None:
-            continue
-        label = entries.get("MASKS_DICOM") or entries.get("MASKS_DICOM.ZIP")
-        if label is None and not include_unlabelled:
-            continue
-        cases.append(LabeledCase(folder.name, "ircadb", LIVER_TUMOR, image, label))
-    return cases
-
-
-@contextlib.contextmanager
-def _unpacked(path: Path, keep=lambda parts: True) -> Iterator[Path]:
-    """A folder with the content of ``path``: the folder itself, or a zip extracted to a temporary folder.
-
-    Only members whose folder names satisfy ``keep`` are extracted (IRCADb mask zips hold ~20
-    structures; only liver and tumours are needed). The dataset folder is never written to.
-    """
-    if path.is_dir():
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="livertumorseg-") as temp:
-        try:
-            with zipfile.ZipFile(path) as archive:
-                for member in archive.infolist():
-                    if not member.is_dir() and keep(PurePosixPath(member.filename).parts[:-1]):
-                        archive.extract(member, temp)  # zipfile strips absolute and '..' parts
-        except zipfile.BadZipFile:
-            raise LiverTumorSegError(f"{path} is not a valid zip file; download it again") from None
-        yield Path(temp)
-
-
-def _is_wanted_mask(parts: tuple[str, ...]) -> bool:
-    return any(p.lower() == "liver" or p.lower().startswith("livertumor") for p in parts)
-
-
-def _series_folders(root: Path) -> list[tuple[Path, list[str]]]:
-    """Folders under ``root`` holding DICOM series, with their series UIDs."""
-    out = []
-    for folder, dirs, _files in sorted(os.walk(root)):
-        dirs.sort()
-        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or [])
-        if uids:
-            out.append((Path(folder), uids))
-    return out
-
-
-def _read_series(folder: Path, what: str) -> sitk.Image:
-    """The largest DICOM series in ``folder`` (an IRCADb folder holds one)."""
-    uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
-    if not uids:
-        raise LiverTumorSegError(f"{what}: no DICOM series in {folder}")
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in uids), key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as e:
-        raise LiverTumorSegError(f"{what}: cannot read the DICOM series in {folder}: {_last_line(e)}") from None
-
-
-def _load_ircadb(case: LabeledCase) -> tuple[sitk.Image, sitk.Image | None]:
-    """CT series + masks: 1 where ``liver``, 2 where any ``livertumor*`` mask.
-
-    Only ``liver`` and ``livertumor*`` masks are read: cysts (``liverkyst``), vessels (``venoussystem``,
-    ``portalvein``, ...) and other organs are not tumour. Vessels inside the liver are liver, as in LiTS.
-    """
-    with _unpacked(case.image_path, lambda parts: True) as unpacked:
-        series = _series_folders(unpacked)
-        if not series:
-            raise LiverTumorSegError(f"case {case.case_id}: no DICOM series in {case.image_path}")
-        ct = _read_series(series[0][0], f"case {case.case_id} CT")
-    if case.label_path is None:
-        return ct, None
-    with _unpacked(case.label_path, _is_wanted_mask) as unpacked:
-        masks: dict[str, Path] = {}
-        for folder, dirs, _files in sorted(os.walk(unpacked)):
-            if any(d.lower() == "liver" for d in dirs):
-                masks = {d.lower(): Path(folder) / d for d in sorted(dirs)}
-                break
-        if "liver" not in masks:
-            raise LiverTumorSegError(f"case {case.case_id}: {case.label_path} has no 'liver' mask series; "
-                                     f"a liver mask is needed (tumours are labelled inside it)")
-        tumours = sorted(name for name in masks if name.startswith("livertumor"))
-        labels = np.zeros(sitk.GetArrayViewFromImage(ct).shape, dtype=np.uint8)
-        for name in ["liver", *tumours]:
-            mask = _read_series(masks[name], f"case {case.case_id} mask {name}")
-            _check_same_grid(case.case_id, ct, mask, f"mask {name}")
-            labels[sitk.GetArrayViewFromImage(mask) > 0] = 1 if name == "liver" else 2
-    return ct, _image_like(labels, ct)
-
-
 # ---- npz (shared ircadb01 format) -----------------------------------------------------------------
 
 
@@ -504,146 +328,6 @@ def _load_npz(case: LabeledCase) -> tuple[sitk.Image, sitk.Image | None]:
     return ct, labels
 
 
-# ---- 3D Slicer exports ----------------------------------------------------------------------------
-
-
-def _ct_candidates(names: list[str]) -> dict[str, str]:
-    """Stem → file name of the volumes in a folder that can be a CT (not segmentations or label maps)."""
-    out: dict[str, str] = {}
-    for name in names:
-        low = name.lower()
-        stem = _strip_suffix(name)
-        if stem is None or low.endswith(_SEG_SUFFIX) or stem.lower().endswith(_LABEL_LIKE_END) \
-                or stem.lower().startswith("segmentation"):
-            continue
-        out.setdefault(stem, name)  # names are sorted: .mha < .nii < .nii.gz < .nrrd, any one will do
-    return out
-
-
-def _find_slicer(root: Path, listing, include_unlabelled: bool) -> list[LabeledCase]:
-    """``<case>.seg.nrrd`` beside ``<case>.nrrd|.nii.gz|.nii|.mha``, or Slicer's ``Segmentation.seg.nrrd``
-    beside the folder's only CT."""
-    cases = []
-    for folder, _, names in listing:
-        segs = [n for n in names if n.lower().endswith(_SEG_SUFFIX)]
-        if not segs:
-            continue
-        cts = _ct_candidates(names)
-        used = set()
-        for seg in segs:
-            stem = seg[: -len(_SEG_SUFFIX)]
-            if stem in cts:
-                ct_stem = stem
-            elif stem.lower() == "segmentation" and len(cts) == 1:
-                ct_stem = next(iter(cts))
-            else:
-                continue
-            used.add(ct_stem)
-            cases.append(LabeledCase(ct_stem, "slicer", LIVER_TUMOR, folder / cts[ct_stem], folder / seg))
-        if include_unlabelled:
-            cases.extend(LabeledCase(s, "slicer", LIVER_TUMOR, folder / n) for s, n in cts.items() if s not in used)
-    cases.sort(key=lambda c: _natural(str(c.image_path.relative_to(root))))
-    return cases
-
-
-def segment_role(segment: dict) -> str | None:
-    """"liver", "tumor" or None for a slicerio segment dict: by name if it says, else by terminology.
-
-    Names are what users see and edit, so they win; Slicer's automatic names ("Segment_1") say
-    nothing, and then the SNOMED type code decides.
-    """
-    name = str(segment.get("name", "")).lower()
-    if _TUMOR_WORDS.search(name):
-        return "tumor"
-    if "liver" in name and not _NOT_LIVER_WORDS.search(name):
-        return "liver"
-    term = segment.get("terminology") or {}
-    code = term.get("type", ["", "", ""])
-    if len(code) >= 2 and code[0] in ("SCT", "SRT"):
-        if code[1] in _TUMOR_CODES:
-            return "tumor"
-        if code[1] in _LIVER_CODES:
-            return "liver"
-    return None
-
-
-def _load_slicer(case: LabeledCase) -> tuple[sitk.Image, sitk.Image | None]:
-    """Compose liver/tumour segments from all layers (tumour over liver) and place them on the CT grid."""
-    import slicerio
-
-    ct = read_image_file(case.image_path)
-    if case.label_path is None:
-        return ct, None
-    try:
-        seg = slicerio.read_segmentation(str(case.label_path))
-    except (OSError, ValueError, KeyError) as e:
-        raise LiverTumorSegError(f"case {case.case_id}: cannot read {case.label_path}: {_last_line(e)}") from None
-    voxels = np.asarray(seg["voxels"])
-    if voxels.ndim == 3:
-        voxels = voxels[np.newaxis]
-    if voxels.ndim != 4:
-        raise LiverTumorSegError(f"case {case.case_id}: {case.label_path} has voxels of shape {voxels.shape}")
-    roles = {"liver": np.zeros(voxels.shape[1:], dtype=bool), "tumor": np.zeros(voxels.shape[1:], dtype=bool)}
-    seen = {"liver": 0, "tumor": 0}
-    for segment in seg.get("segments", []):
-        role = segment_role(segment)
-        if role is None:
-            continue
-        layer = int(segment.get("layer", 0))
-        if not 0 <= layer < voxels.shape[0]:
-            raise LiverTumorSegError(f"case {case.case_id}: segment {segment.get('name')!r} is in layer {layer}, "
-                                     f"but {case.label_path} has {voxels.shape[0]} layer(s)")
-        roles[role] |= voxels[layer] == int(segment.get("labelValue", 1))
-        seen[role] += 1
-    if not seen["liver"]:
-        names = [s.get("name", s.get("id", "?")) for s in seg.get("segments", [])]
-        raise LiverTumorSegError(f"case {case.case_id}: no liver segment in {case.label_path} (segments: {names}); "
-                                 f"name one 'Liver' or give it the SNOMED liver terminology")
-    labels_ijk = np.where(roles["tumor"], np.uint8(2), np.where(roles["liver"], np.uint8(1), np.uint8(0)))
-    matrix = np.asarray(seg["ijkToLPS"], dtype=float)
-    return ct, _onto_grid(case, labels_ijk.transpose(2, 1, 0), matrix, ct)
-
-
-def _onto_grid(case: LabeledCase, labels_kji: np.ndarray, ijk_to_lps: np.ndarray, ct: sitk.Image) -> sitk.Image:
-    """A label array on its own grid (given by ``ijk_to_lps``) placed onto the CT grid.
-
-    Slicer saves segmentations cropped to the segments' extent: same spacing and direction as the CT,
-    origin shifted by whole voxels. Then the labels are pasted exactly. Any other grid is resampled
-    (nearest neighbour) with a warning, because it can move boundaries by up to half a voxel.
-    """
-    axes = ijk_to_lps[:3, :3]
-    spacing = np.linalg.norm(axes, axis=0)
-    direction = axes / spacing
-    origin = ijk_to_lps[:3, 3]
-    same_axes = (np.allclose(spacing, ct.GetSpacing(), rtol=0, atol=GRID_TOLERANCE)
-                 and np.allclose(direction.ravel(), ct.GetDirection(), rtol=0, atol=GRID_TOLERANCE))
-    offset = np.asarray(ct.TransformPhysicalPointToContinuousIndex([float(v) for v in origin]))
-    rounded = np.rint(offset).astype(int)
-    ct_shape_ijk = np.asarray(ct.GetSize())
-    if same_axes and np.all(np.abs(offset - rounded) < 1e-3):
-        out = np.zeros(ct_shape_ijk[::-1], dtype=np.uint8)
-        lo = np.maximum(rounded, 0)  # (i, j, k) in CT indices
-        hi = np.minimum(rounded + np.asarray(labels_kji.shape[::-1]), ct_shape_ijk)
-        if np.any(hi <= lo):
-            warnings.warn(f"case {case.case_id}: the segmentation lies entirely outside the CT", stacklevel=3)
-            return _image_like(out, ct)
-        src = tuple(slice(a - r, b - r) for a, b, r in zip(lo[::-1], hi[::-1], rounded[::-1]))
-        dst = tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))
-        out[dst] = labels_kji[src]
-        lost = int(np.count_nonzero(labels_kji)) - int(np.count_nonzero(out[dst]))
-        if lost:
-            warnings.warn(f"case {case.case_id}: {lost} labelled voxels lie outside the CT and were dropped",
-                          stacklevel=3)
-        return _image_like(out, ct)
-    warnings.warn(f"case {case.case_id}: {case.label_path} is not on the CT grid (spacing, direction or a "
-                  f"fractional voxel shift differ); resampled with nearest neighbour", stacklevel=3)
-    own = sitk.GetImageFromArray(np.ascontiguousarray(labels_kji))
-    own.SetSpacing([float(s) for s in spacing])
-    own.SetDirection([float(v) for v in direction.ravel()])
-    own.SetOrigin([float(v) for v in origin])
-    return sitk.Resample(own, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-
-
 # ---- phantom folders ------------------------------------------------------------------------------
 
 
@@ -662,46 +346,6 @@ def _find_phantoms(root: Path, listing, include_unlabelled: bool) -> list[Labele
                                      None if truth is None else folder / truth))
     cases.sort(key=lambda c: _natural(str(c.image_path.relative_to(root))))
     return cases
-
-
-# --------------------------------------------------------------------------------------------------
-# Shared checks
-# --------------------------------------------------------------------------------------------------
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:200]
-
-
-def _image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    image.CopyInformation(reference)
-    return image
-
-
-def _check_same_grid(case_id: str, ct: sitk.Image, other: sitk.Image, what: str) -> None:
-    diff = grid_difference(ct, other)
-    if diff is not None:
-        raise LiverTumorSegError(f"case {case_id}: the {what} is not on the CT grid (CT vs {what}: {diff}); "
-                                 f"resample it onto the CT before training")
-
-
-def _labels_uint8(case: LabeledCase, labels: sitk.Image, n_labels: int) -> sitk.Image:
-    """The label map as uint8 after checking that its values are whole numbers in 0..n_labels."""
-    if labels.GetNumberOfComponentsPerPixel() != 1 or labels.GetDimension() != 3:
-        raise LiverTumorSegError(f"case {case.case_id}: {case.label_path} is not a 3-D scalar label map")
-    array = sitk.GetArrayViewFromImage(labels)
-    if array.size and (array.min() < 0 or array.max() > n_labels):
-        raise LiverTumorSegError(f"case {case.case_id}: label values {float(array.min()):g}..{float(array.max()):g} "
-                                 f"in {case.label_path}, expected 0..{n_labels} ({', '.join(case.label_names)})")
-    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(array, np.rint(array)):
-        raise LiverTumorSegError(f"case {case.case_id}: {case.label_path} holds fractional label values")
-    if array.dtype == np.uint8:
-        return labels
-    out = sitk.GetImageFromArray(array.astype(np.uint8))
-    out.CopyInformation(labels)
-    return out
 
 
 _FINDERS = {"msd": _find_msd, "lits": _find_lits, "ircadb": _find_ircadb, "npz": _find_npz,
