@@ -20,7 +20,7 @@ from LiverTumorSegTrainLib.config import PRESETS, TrainConfig, label_specs
 from LiverTumorSegTrainLib.datasets import find_cases
 from LiverTumorSegTrainLib.losses import bce_dice, soft_dice
 from LiverTumorSegTrainLib.optim import Ranger, lr_factor
-from LiverTumorSegTrainLib.trainer import split_cases
+from LiverTumorSegTrainLib.selection import split_cases
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -57,7 +57,7 @@ def test_split_never_separates_a_patient_group_and_without_groups_is_unchanged()
 
 def test_a_window_outside_a_cases_valid_hu_is_refused_naming_the_case():
     from LiverTumorSegTrainLib.datasets import LabeledCase
-    from LiverTumorSegTrainLib.trainer import check_window_inside_valid_hu
+    from LiverTumorSegTrainLib.selection import check_window_inside_valid_hu
 
     lits = LabeledCase("lits18_v004", "npz", ("liver", "tumor"), Path("x.npz"), hu_valid=(-45.0, 160.0))
     full = LabeledCase("ct", "lits", ("liver", "tumor"), Path("y.nii"))
@@ -268,7 +268,7 @@ def test_cache_is_built_once_and_invalidated_by_settings_and_edits(tmp_path):
 def _calibrate_oracle(small_phantom, tumour_level: float):
     """An oracle whose tumour channel ramps around ``tumour_level``: (model, uncalibrated, calibrated result)."""
     from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel
-    from LiverTumorSegTrainLib.trainer import calibrate_thresholds, validate
+    from LiverTumorSegTrainLib.selection import calibrate_thresholds, validate
 
     from conftest import OracleNet, encode_labels
 
@@ -302,7 +302,7 @@ def test_epoch_selection_scores_lesions_globally_so_predicting_no_tumour_cannot_
     tumour 2/3 and a model that finds the tumour (and the same bright spots in the tumour-free cases) 1/3;
     the selection score must still prefer the one that finds tumours."""
     from LiverTumorSegLib.modelfile import ModelConfig, SegmentationModel
-    from LiverTumorSegTrainLib.trainer import validate
+    from LiverTumorSegTrainLib.selection import validate
 
     from conftest import OracleNet, encode_labels
 
