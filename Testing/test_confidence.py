@@ -5,13 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from LiverTumorSegTrainLib.confidence import (
-    best_threshold,
-    drop_unconfident,
-    held_out_case,
-    nested_thresholds,
-    tumour_dice,
-)
+from LiverTumorSegTrainLib.confidence import KeepRule, apply_rule, best_rule, held_out_case, nested_rules, tumour_dice
 
 
 def _img(a):
@@ -35,17 +29,19 @@ def test_lesion_components_confidence_and_dice_after_dropping():
     case = held_out_case("a", 0, *_case(confident_fp=False))
     np.testing.assert_allclose(sorted(case.confidence), [140 / 255, 250 / 255])
     assert case.ref_voxels == 75 and sorted(case.size) == [32, 75]
-    assert tumour_dice(case, 0.0) == 2 * 75 / (75 + 32 + 75)
-    assert tumour_dice(case, 0.6) == 1.0  # the unconfident false lesion is gone
+    assert tumour_dice(case, KeepRule()) == 2 * 75 / (75 + 32 + 75)
+    assert tumour_dice(case, KeepRule(10.0, 0.6)) == 1.0  # the unconfident false lesion is gone
+    assert tumour_dice(case, KeepRule(50.0, 0.0)) == 1.0  # so it is when only lesions of 50 mm3 count (it has 32)
     pred, prob, ref = _case(confident_fp=False)
-    dropped = sitk.GetArrayFromImage(drop_unconfident(pred, prob, 0.6))
+    dropped = sitk.GetArrayFromImage(apply_rule(pred, prob, KeepRule(10.0, 0.6)))
     np.testing.assert_array_equal(dropped == 2, sitk.GetArrayFromImage(ref) == 2)
     assert np.array_equal(dropped > 0, sitk.GetArrayFromImage(pred) > 0)  # dropped lesions stay liver
 
 
 def test_threshold_is_chosen_on_the_other_folds():
-    """Fold 0's patients have unconfident false lesions, fold 1's confident ones: fold 1's threshold comes from
-    fold 0 (a real cut), fold 0's from fold 1 (nothing to gain: the lowest threshold)."""
+    """Fold 0's patients have an unconfident small false lesion, fold 1's a confident one: fold 1's rule comes from
+    fold 0 (the most permissive rule that drops it), fold 0's from fold 1 (also a size rule: the false lesion is small
+    whatever its confidence)."""
     cases = [held_out_case("a", 0, *_case(False)), held_out_case("b", 1, *_case(True))]
-    assert best_threshold(cases[:1]) == 0.6 and best_threshold(cases[1:]) == 0.0
-    assert nested_thresholds(cases) == {0: 0.0, 1: 0.6}
+    assert best_rule(cases[:1]) == KeepRule(10.0, 0.6) and best_rule(cases[1:]) == KeepRule(50.0, 0.0)
+    assert nested_rules(cases) == {0: KeepRule(50.0, 0.0), 1: KeepRule(10.0, 0.6)}

@@ -186,7 +186,8 @@ def test_crossval_trains_every_fold_and_scores_each_patient_once(phantom_data, t
     # each prediction's tumour probability is kept, and the keep-threshold is chosen on the other folds
     assert len(list((out / "probabilities").glob("*.nii.gz"))) == 8
     chosen = json.loads((out / "confidence.json").read_text(encoding="utf-8"))
-    assert sorted(chosen["nested_per_fold"]) == ["0", "1", "2", "3"] and 0 <= chosen["all_folds"] < 1
+    assert sorted(chosen["nested_per_fold"]) == ["0", "1", "2", "3"]
+    assert set(chosen["all_folds"]) == {"min_mm3", "min_confidence"} and 0 <= chosen["all_folds"]["min_confidence"] < 1
     assert (out / "crossval_confidence.md").exists() and len(list((out / "predictions_confidence").iterdir())) == 8
     before = (out / "fold0" / CHECKPOINT).stat().st_mtime_ns
     assert main(args) == 0  # rerunning continues: finished folds are not trained again

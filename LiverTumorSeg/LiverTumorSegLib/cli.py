@@ -190,6 +190,8 @@ def cmd_attach_localizer(args: argparse.Namespace) -> int:
         changes["thresholds"] = args.thresholds
     if args.min_lesion_confidence is not None:
         changes["min_lesion_confidence"] = args.min_lesion_confidence
+    if args.min_lesion_mm3 is not None:
+        changes["min_lesion_mm3"] = args.min_lesion_mm3
     if args.crossval is not None:
         changes["metrics"] = {**model.config.metrics, "crossval": _crossval_summary(Path(args.crossval))}
     try:
@@ -293,6 +295,8 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
                    help="store these probability thresholds (e.g. the ones cross-validation chose)")
     a.add_argument("--min-lesion-confidence", type=float, default=None, metavar="P",
                    help="store this per-lesion keep-threshold (e.g. crossval's confidence.json 'all_folds')")
+    a.add_argument("--min-lesion-mm3", type=float, default=None, metavar="MM3",
+                   help="store this minimum lesion volume (e.g. crossval's confidence.json 'all_folds')")
     a.add_argument("--crossval", default=None, metavar="REPORT_PREFIX",
                    help="store the headline numbers of this crossval report (e.g. runs/cv/crossval) as metrics")
     a.add_argument("--overwrite", action="store_true")

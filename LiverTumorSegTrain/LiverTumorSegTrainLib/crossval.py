@@ -83,12 +83,15 @@ def run_crossval(args: argparse.Namespace) -> dict:
 
 
 def _calibrate_confidence(out: Path, fold_of: dict[str, int], groups: dict[str, str] | None, quiet: bool) -> dict:
-    """The per-lesion keep-threshold, nested (each fold's chosen on the others), with its own report."""
+    """The per-lesion keep rule (confidence and volume), nested (each fold's chosen on the others), with its own
+    report."""
+    import dataclasses
+
     import SimpleITK as sitk
 
     from LiverTumorSegLib.atomicfile import write_image_atomic, write_json_atomic
 
-    from .confidence import best_threshold, drop_unconfident, held_out_case, nested_thresholds
+    from .confidence import apply_rule, best_rule, held_out_case, nested_rules
     from .evaluate import evaluate_folders
 
     def read(case_id: str, *folders: Path) -> list:
@@ -97,17 +100,19 @@ def _calibrate_confidence(out: Path, fold_of: dict[str, int], groups: dict[str, 
 
     preds, refs, probs = out / "predictions", out / "references", out / "probabilities"
     held_out = [held_out_case(c, fold_of[c], *read(c, preds, probs, refs)) for c in sorted(fold_of)]
-    per_fold = nested_thresholds(held_out)
-    chosen = {"nested_per_fold": per_fold, "all_folds": best_threshold(held_out)}
+    per_fold = nested_rules(held_out)
+    chosen = {"nested_per_fold": {k: dataclasses.asdict(r) for k, r in per_fold.items()},
+              "all_folds": dataclasses.asdict(best_rule(held_out))}
     filtered = out / "predictions_confidence"
     for case_id in sorted(fold_of):
         pred, prob = read(case_id, preds, probs)
-        write_image_atomic(drop_unconfident(pred, prob, per_fold[fold_of[case_id]]),
+        write_image_atomic(apply_rule(pred, prob, per_fold[fold_of[case_id]]),
                            filtered / f"{case_id}.labels.nii.gz", overwrite=True)
     report = evaluate_folders(filtered, refs, out / "crossval_confidence", overwrite=True, progress=not quiet,
                               groups=groups)
     write_json_atomic(out / "confidence.json", chosen, overwrite=True)
-    print(f"per-lesion keep-threshold, chosen on the other folds: {per_fold}; on all folds: {chosen['all_folds']}")
+    print(f"per-lesion keep rule, chosen on the other folds: {chosen['nested_per_fold']}; on all folds: "
+          f"{chosen['all_folds']}")
     print(report["markdown"])
     return chosen
 
