@@ -204,6 +204,43 @@ def cmd_attach_localizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_link(text: str):
+    """``REGION[:MARGIN_MM[:mask-input]]``, e.g. ``mask:10:mask-input``."""
+    from .modelfile import StageLink
+
+    parts = text.split(":")
+    try:
+        return StageLink(parts[0], float(parts[1]) if len(parts) > 1 else 10.0,
+                         len(parts) > 2 and parts[2] == "mask-input")
+    except (ValueError, IndexError) as e:
+        raise argparse.ArgumentTypeError(f"a link is REGION[:MARGIN_MM[:mask-input]] with REGION box or mask ({e})")
+
+
+def cmd_cascade(args: argparse.Namespace) -> int:
+    """One model file from single-stage files: each stage runs where the one before found its organ."""
+    from .modelfile import StageLink, cascade, load_model, save_model
+
+    stages = [load_model(path) for path in args.stages]
+    for path, stage in zip(args.stages, stages):
+        if stage.stages_before:
+            raise LiverTumorSegError(f"{path} is a cascade itself; give single-stage model files")
+    links = args.link or [StageLink()] * (len(stages) - 1)
+    if len(links) != len(stages) - 1:
+        raise LiverTumorSegError(f"{len(stages)} stages need {len(stages) - 1} --link options (one between each "
+                                 f"pair), got {len(links)}")
+    try:
+        model = cascade(stages, links)
+    except ValueError as e:
+        raise LiverTumorSegError(f"cannot build the cascade: {e}") from None
+    if args.name or args.description:
+        model.config = dataclasses.replace(model.config, name=args.name or model.config.name,
+                                           description=args.description or model.config.description)
+    path = save_model(model, args.output, overwrite=args.overwrite)
+    print(f"wrote {path}: {' -> '.join(s.config.name for s in [*model.stages_before, model])} "
+          f"(labels {', '.join(lab.name for lab in model.output_labels)})")
+    return 0
+
+
 def _crossval_summary(report_prefix: Path) -> dict:
     """The headline numbers of a ``livertumorseg crossval`` report (``<prefix>.json``), to travel in a model file."""
     import json
@@ -302,6 +339,18 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     a.add_argument("--overwrite", action="store_true")
     a.set_defaults(func=cmd_attach_localizer)
 
+    c = sub.add_parser("cascade", help="one model file from stages: each runs where the one before found its organ")
+    c.add_argument("stages", nargs="+", metavar="STAGE.pt", help="single-stage model files, first to last")
+    c.add_argument("-o", "--output", required=True, metavar="OUT.pt")
+    c.add_argument("--link", type=_stage_link, action="append", default=None, metavar="REGION[:MM[:mask-input]]",
+                   help="how each stage depends on the one before (repeat once per pair; default box:10): box: its "
+                        "organ's box grown by MM; mask: also keep the labels inside that grown organ; mask-input: "
+                        "the network sees only the grown organ")
+    c.add_argument("--name", default=None, help="model name shown to users (default: the last stage's)")
+    c.add_argument("--description", default=None, help="one paragraph shown to users: data, licence, limits")
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=cmd_cascade)
+
     i = sub.add_parser("info", help="versions, torch build, CUDA/MPS, GPU name and free memory")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
@@ -322,7 +371,7 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
 
 
 #: commands of the segmentation core itself; anything else comes from plugins (the training package)
-CORE_COMMANDS = ("segment", "import-weights", "attach-localizer", "info", "phantom")
+CORE_COMMANDS = ("segment", "import-weights", "attach-localizer", "cascade", "info", "phantom")
 PLUGIN_GROUP = "livertumorseg.commands"
 
 

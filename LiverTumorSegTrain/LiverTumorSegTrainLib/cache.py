@@ -50,7 +50,7 @@ def _file_signature(path: Path | None) -> list:
 
 
 def cache_key(case, spacing_mm: float | None, lesion_values: tuple[int, ...],
-              clip_hu: tuple[float, float] | None = None, spacing_z_mm: float | None = None) -> str:
+              clip_hu: tuple[float, float] | None = None, spacing_z_mm: float | None = None, region=None) -> str:
     """Hash of the source files and of every setting that changes the cached arrays."""
     settings = {"version": CACHE_VERSION, "case": case.case_id, "kind": case.kind,
                 "image": _file_signature(case.image_path), "label": _file_signature(case.label_path),
@@ -59,6 +59,8 @@ def cache_key(case, spacing_mm: float | None, lesion_values: tuple[int, ...],
         settings["clip_hu"] = [float(v) for v in clip_hu]
     if spacing_z_mm is not None:
         settings["spacing_z"] = float(spacing_z_mm)
+    if region is not None:
+        settings["region"] = region.key()
     blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
@@ -128,6 +130,20 @@ def resample_slices(image: np.ndarray, labels: np.ndarray, spacing_zyx, spacing_
     return out_img, out_lab, (z * spacing_zyx[0] / nz, spacing_zyx[1], spacing_zyx[2])
 
 
+def _stage_crop(ct, image, lab, spacing, spacing_mm, clip_hu, spacing_z_mm, region):
+    """The resampled case cropped to its (reference or predicted) liver, as ``stage_regions`` describes."""
+    from .stage_regions import crop_to_region, predicted_organ
+
+    if region.liver_model is None:
+        organ = lab > 0
+    else:  # the predicted liver, brought to the same grid exactly as the labels were
+        _, organ_labels, inplane = _resample_case(ct, predicted_organ(ct, region.liver_model), spacing_mm, clip_hu)
+        if spacing_z_mm is not None:
+            _, organ_labels, _ = resample_slices(organ_labels, organ_labels, inplane, spacing_z_mm)
+        organ = organ_labels > 0
+    return crop_to_region(image, lab, organ, spacing, region)
+
+
 def _save_atomically(target: Path, image: np.ndarray, labels: np.ndarray, meta: dict) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -156,15 +172,19 @@ def open_cached(folder: Path, weight: float = 1.0) -> CachedCase:
 
 def prepare_cases(cases: Iterable, cache_dir: str | Path | None, spacing_mm: float | None,
                   lesion_values: tuple[int, ...], weight: float = 1.0, progress: bool = True,
-                  clip_hu: tuple[float, float] | None = None, spacing_z_mm: float | None = None) -> list[CachedCase]:
-    """Preprocess (once) and open every case; returns memory-mapped cases in input order."""
+                  clip_hu: tuple[float, float] | None = None, spacing_z_mm: float | None = None,
+                  region=None) -> list[CachedCase]:
+    """Preprocess (once) and open every case; returns memory-mapped cases in input order. With ``region`` (a
+    ``stage_regions.StageRegion``) each case is cropped to its liver's box, as a later cascade stage sees it; a
+    case without liver is left out."""
     from tqdm import tqdm
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cases = list(cases)
     out = []
     for case in tqdm(cases, desc="preprocessing", unit="case", disable=not progress or not cases):
-        folder = cache / f"{case.case_id}-{cache_key(case, spacing_mm, lesion_values, clip_hu, spacing_z_mm)}"
+        key = cache_key(case, spacing_mm, lesion_values, clip_hu, spacing_z_mm, region)
+        folder = cache / f"{case.case_id}-{key}"
         if not (folder / "meta.json").exists():
             ct, labels = case.load()
             if labels is None:
@@ -172,6 +192,11 @@ def prepare_cases(cases: Iterable, cache_dir: str | Path | None, spacing_mm: flo
             image, lab, spacing = _resample_case(ct, labels, spacing_mm, clip_hu)
             if spacing_z_mm is not None:
                 image, lab, spacing = resample_slices(image, lab, spacing, spacing_z_mm)
+            if region is not None:
+                cropped = _stage_crop(ct, image, lab, spacing, spacing_mm, clip_hu, spacing_z_mm, region)
+                if cropped is None:
+                    continue
+                image, lab = cropped
             lesion = np.isin(lab, lesion_values)
             meta = {"case_id": case.case_id, "spacing_zyx": list(spacing), "shape": list(image.shape),
                     "organ_slices": np.flatnonzero(lab.any(axis=(1, 2))).tolist(),

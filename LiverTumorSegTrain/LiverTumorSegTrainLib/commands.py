@@ -74,6 +74,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="3-D networks: training patch and sliding window, in model voxels")
     m.add_argument("--spacing-z", dest="spacing_z_mm", type=float, default=None, metavar="MM",
                    help="3-D networks: slice spacing of the model grid")
+    c = p.add_argument_group("cascade stage (train a stage that runs where a liver stage found the liver)")
+    c.add_argument("--stage-margin", dest="stage_margin_mm", type=float, default=None, metavar="MM",
+                   help="train on each case's liver box grown by MM (as 'livertumorseg cascade --margin MM' runs it)")
+    c.add_argument("--stage-mask-input", action="store_true", default=None,
+                   help="voxels outside the grown liver reach the network as the bottom of its window")
+    c.add_argument("--stage-liver-model", default=None, metavar="FILE",
+                   help="take the liver from this model's prediction instead of the reference")
     m.add_argument("--context", dest="context_slices", type=int, default=None, help="k: 2k+1 input slices")
     m.add_argument("--context-step-mm", type=_spacing, default=argparse.SUPPRESS, metavar="MM",
                    help="mm between context slices (interpolated), or 'native' to count whole slices")

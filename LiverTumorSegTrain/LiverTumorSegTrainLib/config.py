@@ -40,6 +40,11 @@ class TrainConfig:
     patch_size: list[int] | None = None
     #: 3-D networks: slice spacing of the model grid (mm); None keeps each scan's own
     spacing_z_mm: float | None = None
+    #: a later cascade stage: train on each case's liver box grown by this margin (None: whole cases), masked
+    #: outside the grown liver when stage_mask_input, the liver being the reference or stage_liver_model's
+    stage_margin_mm: float | None = None
+    stage_mask_input: bool = False
+    stage_liver_model: str | None = None
     context_slices: int = 1
     #: mm between context channels (interpolated between slices); None counts whole slices (models before v0.3)
     context_step_mm: float | None = None

@@ -128,15 +128,20 @@ class Trainer:
         pseudo = [c for root in cfg.pseudo for c in find_cases(root, kind="auto")]
         check_window_inside_valid_hu(cfg.window_hu, pseudo)
         clip = cfg.window_hu if cfg.window_before_resampling else None
+        region = None
+        if cfg.stage_margin_mm is not None:
+            from .stage_regions import StageRegion
+
+            region = StageRegion(cfg.stage_margin_mm, cfg.stage_mask_input, cfg.window_hu[0], cfg.stage_liver_model)
         # rank 0 preprocesses first; the others then open the same cache
         for turn in ([0, 1] if dist.world > 1 else [0]):
             if (turn == 0) == dist.main:
                 cached = prepare_cases([by_id[i] for i in train_ids], cfg.cache_dir, cfg.spacing_mm, lesion_values,
                                        progress=self.progress and dist.main, clip_hu=clip,
-                                       spacing_z_mm=cfg.spacing_z_mm)
+                                       spacing_z_mm=cfg.spacing_z_mm, region=region)
                 cached += prepare_cases(pseudo, cfg.cache_dir, cfg.spacing_mm, lesion_values, weight=cfg.pseudo_weight,
                                         progress=self.progress and dist.main, clip_hu=clip,
-                                        spacing_z_mm=cfg.spacing_z_mm)
+                                        spacing_z_mm=cfg.spacing_z_mm, region=region)
             dist.barrier()
         val_data = []
         if dist.main:
@@ -303,6 +308,9 @@ class Trainer:
             net = build_model(cfg.architecture, **kwargs)
         except (TypeError, ValueError) as e:
             raise LiverTumorSegError(f"cannot build {cfg.architecture} with {kwargs}: {e}; fix --arch-arg") from None
+        # arguments that only initialise (pretrained encoder files) are not stored: the model file has the weights
+        for name in getattr(net, "init_only_arguments", ()):
+            kwargs.pop(name, None)
         contract = input_contract(net)
         three_d = contract["spatial_dims"] == 3
         if three_d and (cfg.patch_size is None or any(p % contract["size_multiple"] for p in cfg.patch_size)):
