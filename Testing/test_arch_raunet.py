@@ -73,7 +73,7 @@ def test_registered_with_their_contracts():
     assert input_contract(build_model("raunet_3d", filter_num=1)) == {
         "size_multiple": 32, "spatial_dims": 3, "in_channels": 1}
     for name in ("raunet_2d", "raunet_3d"):
-        assert accepted_arguments(name) == {"in_channels", "out_channels", "filter_num"}
+        assert accepted_arguments(name) == {"in_channels", "out_channels", "filter_num", "norm_momentum"}
     assert build_model("raunet_2d").filter_num == 4 and build_model("raunet_3d", filter_num=1).filter_num == 1
 
 
@@ -117,3 +117,13 @@ def test_why_16_is_not_enough():
         assert module(torch.randn(1, 4, 2, 2)).shape == (1, 4, 2, 2)
         with pytest.raises(RuntimeError):
             module(torch.randn(1, 4, 3, 3))
+
+
+@pytest.mark.parametrize("name", ["raunet_2d", "raunet_3d", "resunet"])
+def test_norm_momentum_reaches_every_batch_norm_and_is_checked(name):
+    width = {"base_width": 2} if name == "resunet" else {"filter_num": 1}
+    net = build_model(name, norm_momentum=0.1, **width)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.momentum == 0.1 and m.eps == 1e-3 for m in norms)
+    with pytest.raises(ValueError, match="norm_momentum"):
+        build_model(name, norm_momentum=0.0, **width)

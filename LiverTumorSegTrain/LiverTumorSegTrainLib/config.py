@@ -150,6 +150,32 @@ PRESETS: dict[str, dict[str, Any]] = {
                           steps_per_epoch=None, val_every=1, tumor_fraction=0.5),
     # CARes-UNet's optimiser on the REC-UNet network: Ranger 5e-4.
     "ranger": dict(optimizer="ranger", lr=5e-4, schedule="cosine"),
+    # The other published systems' recipes (seeds.md sections 2-5), with a patient-level split, 3-D evaluation and our
+    # augmentation; widths and patch sizes as the authors had them (reduce them with --width / --arch-arg on a CPU).
+    # CARes-UNet: Ranger 5e-4, batch 4, soft Dice + cross-entropy on a softmax head (without the authors' sigmoid).
+    "cares-unet": dict(architecture="cares_unet", base_width=64, context_slices=0, activation="softmax",
+                       loss="ce_dice", optimizer="ranger", lr=5e-4, batch_size=4, schedule="cosine"),
+    # ResUNet cascade, liver stage then tumour stage on liver-masked input inside the liver's box (3 context slices
+    # where the authors stacked one grey slice 3 times); soft Dice, Adam 1e-3.
+    "resunet-liver": dict(architecture="resunet", base_width=16, context_slices=1, labels=["liver"], loss="dice",
+                          optimizer="adam", lr=1e-3, batch_size=16, tumor_fraction=0.0),
+    "resunet-tumor": dict(architecture="resunet", base_width=16, context_slices=1, labels=["tumor"], loss="dice",
+                          optimizer="adam", lr=1e-3, batch_size=8, stage_margin_mm=10.0, stage_mask_input=True,
+                          background_fraction=0.0),
+    # RA-UNet: 2-D liver at about 256 pixels, 3-D liver in the liver's box, 3-D tumour inside the liver; soft Dice,
+    # Adam 1e-3; the tumour stage trains and infers on the same patch (the authors trained 128x128x32, inferred 64^3).
+    "raunet-2d": dict(architecture="raunet_2d", context_slices=0, labels=["liver"], spacing_mm=1.5, crop=None,
+                      loss="dice", optimizer="adam", lr=1e-3, batch_size=8, tumor_fraction=0.0),
+    "raunet-3d-liver": dict(architecture="raunet_3d", context_slices=0, labels=["liver"], spacing_mm=1.0,
+                            patch_size=[32, 224, 224], loss="dice", optimizer="adam", lr=1e-3, batch_size=2,
+                            stage_margin_mm=10.0, tumor_fraction=0.0),
+    "raunet-3d-tumor": dict(architecture="raunet_3d", context_slices=0, labels=["tumor"], spacing_mm=None,
+                            patch_size=[32, 128, 128], loss="dice", optimizer="adam", lr=1e-3, batch_size=6,
+                            stage_margin_mm=10.0, background_fraction=0.0),
+    # U-Net with a ResNet-34 encoder (fastai): 2-class softmax, cross-entropy (+ Dice), Adam, batch 4; the ImageNet
+    # encoder is a file given with --arch-arg encoder_weights=FILE.
+    "unet-resnet34": dict(architecture="unet_resnet34", context_slices=0, labels=["liver"], activation="softmax",
+                          loss="ce_dice", optimizer="adam", lr=1e-3, batch_size=4, tumor_fraction=0.0),
     # The coarse stage of coarse-to-fine inference: liver only, 6 mm, whole slices; cheap on every slice.
     "localizer": dict(architecture="rec_unet", base_width=8, context_slices=0, spacing_mm=6.0, crop=None,
                       batch_size=16, optimizer="adam", lr=3e-3, schedule="cosine", warmup_epochs=1, epochs=20,

@@ -77,6 +77,17 @@ def batch_norm_nd(spatial_dims: int) -> type[nn.Module]:
     return nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
 
 
+def set_batch_norm_momentum(module: nn.Module, momentum: float) -> None:
+    """Keras ports keep Keras' slow running statistics (PyTorch momentum 0.01) by default; short schedules (a few
+    hundred steps) leave those statistics far from the batch ones, so evaluation-mode output lags what training
+    reached. A faster momentum fixes that without touching the weights' meaning."""
+    if not 0.0 < momentum <= 1.0:
+        raise ValueError(f"norm_momentum must be in (0, 1], not {momentum}")
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
 def max_pool_nd(spatial_dims: int) -> type[nn.Module]:
     return nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
 

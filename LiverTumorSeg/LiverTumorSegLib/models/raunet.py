@@ -13,7 +13,7 @@ Ported from the authors' Keras (TF1) code, keeping what changes the numbers:
   Keeping it is what reproduces the published parameter counts (737,897 in 2-D, 4,420,849 in 3-D).
 * Convolutions keep Keras' defaults: bias on, 'same' padding, Glorot-uniform weights and zero biases (the
   initialisation is part of how the authors' networks train). BN uses Keras' momentum 0.99 = PyTorch 0.01 and
-  eps 1e-3.
+  eps 1e-3 (``norm_momentum`` changes the momentum for short schedules).
 * Residual attention module (Wang et al. 2017, p=1, t=2, r=1), as in seeds.md 3.1: one residual block, then a
   trunk of two blocks and a soft-mask encoder-decoder of ``depth`` poolings. Mask encoder: pool, block; then
   ``depth - 1`` times: a skip block taken *before* pooling, pool, block. Mask decoder, deepest first: block, x2
@@ -48,7 +48,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import batch_norm_nd, conv_nd, max_pool_nd
+from .blocks import batch_norm_nd, conv_nd, max_pool_nd, set_batch_norm_momentum
 from .registry import register_model
 
 
@@ -121,7 +121,8 @@ class RAUNet(nn.Module):
     #: four body poolings plus the mask branches reaching 1/32 of the input; see the module docstring
     size_multiple = 32
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, filter_num: int = 4, spatial_dims: int = 2) -> None:
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, filter_num: int = 4, spatial_dims: int = 2,
+                 norm_momentum: float = 0.01) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1 or filter_num < 1:
             raise ValueError("in_channels, out_channels and filter_num must be >= 1")
@@ -143,6 +144,7 @@ class RAUNet(nn.Module):
                                    nn.ReLU(inplace=True))
         self.head = conv(w[0], out_channels, 3, padding=1)
         self.apply(_keras_init)
+        set_batch_norm_momentum(self, norm_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """N x in_channels x spatial (each a multiple of 32) -> N x out_channels logits of the same size."""
@@ -176,13 +178,15 @@ def _keras_init(module: nn.Module) -> None:
 class RAUNet2D(RAUNet):
     """RA-UNet-I: the 2-D liver localiser (authors: filter_num 4, 256x256x1 slices, one sigmoid channel)."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, filter_num: int = 4) -> None:
-        super().__init__(in_channels, out_channels, filter_num, spatial_dims=2)
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, filter_num: int = 4,
+                 norm_momentum: float = 0.01) -> None:
+        super().__init__(in_channels, out_channels, filter_num, spatial_dims=2, norm_momentum=norm_momentum)
 
 
 @register_model("raunet_3d")
 class RAUNet3D(RAUNet):
     """RA-UNet-II: the 3-D liver and tumour network (authors: filter_num 8, 224x224x32 and 64^3 patches)."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, filter_num: int = 8) -> None:
-        super().__init__(in_channels, out_channels, filter_num, spatial_dims=3)
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, filter_num: int = 8,
+                 norm_momentum: float = 0.01) -> None:
+        super().__init__(in_channels, out_channels, filter_num, spatial_dims=3, norm_momentum=norm_momentum)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import batch_norm_nd, conv_nd
+from .blocks import batch_norm_nd, conv_nd, set_batch_norm_momentum
 from .registry import register_model
 
 #: Keras BatchNormalization defaults, translated (see the module docstring for why momentum is 1 - 0.99)
@@ -132,7 +132,7 @@ class ResUNet(nn.Module):
     size_multiple = 16
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_width: int = 16,
-                 spatial_dims: int = 2) -> None:
+                 spatial_dims: int = 2, norm_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1 or base_width < 1:
             raise ValueError("in_channels, out_channels and base_width must be >= 1")
@@ -151,6 +151,7 @@ class ResUNet(nn.Module):
         self.decoder = nn.ModuleList(ResidualBlock(u + f[3 - i], f[4 - i], 1, d) for i, u in enumerate(up_widths))
         self.head = SameConv(f[1], out_channels, 1, 1, d)
         self.reset_parameters()
+        set_batch_norm_momentum(self, norm_momentum)
 
     def reset_parameters(self) -> None:
         """Keras initialisation (Glorot-uniform kernels, zero biases): the authors' training started from it.

@@ -1,0 +1,68 @@
+"""Every published system the extension offers trains through the real trainer and segments through the real
+pipeline, from the CLI and through the module's logic: each network at a tiny width overfits one phantom case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LiverTumorSegLib.cli import main
+from LiverTumorSegLib.phantom import make_phantom
+from LiverTumorSegTrainLib.config import PRESETS, TrainConfig
+from LiverTumorSegTrainLib.trainer import train
+
+from conftest import dice
+
+#: (preset, overrides that make it tiny): every architecture the extension offers
+SYSTEMS = {
+    "cares_unet": ("cares-unet", dict(base_width=4, arch_args={"compressed_channels": 8}, optimizer="adam",
+                                      lr=3e-3, labels=["liver"])),
+    # the Keras ports keep Keras' slow batch-norm statistics by default (momentum 0.01): after ~100 steps their
+    # running statistics still lag the batch ones, so the tests use norm_momentum 0.1
+    "resunet": ("resunet-liver", dict(base_width=4, arch_args={"norm_momentum": 0.1}, lr=3e-3, loss="bce_dice")),
+    "raunet_2d": ("raunet-2d", dict(arch_args={"filter_num": 2, "norm_momentum": 0.1}, lr=3e-3, loss="bce_dice",
+                                    batch_size=2, epochs=14)),
+    # 3-D patches must be multiples of 32: the case at 6 mm fits one 32^3 patch
+    "raunet_3d": ("raunet-3d-liver", dict(arch_args={"filter_num": 2, "norm_momentum": 0.1}, lr=1e-2, loss="dice",
+                                          epochs=12, spacing_mm=6.0, patch_size=[32, 32, 32], stage_margin_mm=None,
+                                          batch_size=2)),
+    # 41 M parameters at their fixed ResNet-34 widths: few, small batches
+    "unet_resnet34": ("unet-resnet34", dict(lr=1e-3, epochs=4, batch_size=2)),
+    "unet": ("fast-cpu", dict(architecture="unet", base_width=4, arch_args={"depth": 3}, context_slices=0,
+                              labels=["liver"], lr=3e-3)),
+}
+
+
+@pytest.fixture(scope="module")
+def one_case(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("one-case")
+    ct, labels = make_phantom(shape_zyx=(32, 64, 64), spacing_zyx=(3.0, 3.0, 3.0), seed=2, lesion_diameters_mm=(15.0,))
+    sitk.WriteImage(ct, str(folder / "case.nii.gz"))
+    sitk.WriteImage(labels, str(folder / "case_truth.nii.gz"))
+    return folder, ct, sitk.GetArrayFromImage(labels)
+
+
+@pytest.mark.parametrize("name", list(SYSTEMS))
+def test_each_system_overfits_a_phantom_and_segments_it_from_the_cli_and_the_module(name, one_case, tmp_path):
+    from LiverTumorSegModuleLib.jobs import runInProcess
+
+    from LiverTumorSegLib.options import SegmentOptions
+
+    folder, ct, truth = one_case
+    preset, overrides = SYSTEMS[name]
+    values = {**PRESETS["fast-cpu"], **PRESETS[preset], "preset": preset, "data": [str(folder)],
+              "output": str(tmp_path / "run"), "folds": 0, "epochs": 8, "steps_per_epoch": 12, "crop": 64,
+              "batch_size": 4, "tumor_fraction": 0.0, "background_fraction": 0.0, "augment": False,
+              "warmup_epochs": 0, "spacing_mm": 3.0, "window_hu": (-100.0, 200.0), "device": "cpu",
+              "cache_dir": str(tmp_path / "cache"), "calibrate_thresholds": False, **overrides}
+    torch.manual_seed(0)
+    result = train(TrainConfig(**values), progress=False)
+    assert main(["segment", str(folder / "case.nii.gz"), "-o", str(tmp_path / "out"), "--model",
+                 str(result.model_path), "--device", "cpu", "--quiet"]) == 0
+    got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case.labels.nii.gz")))
+    assert dice(got > 0, truth > 0) >= 0.9, f"{name}: liver Dice {dice(got > 0, truth > 0):.3f}"
+    labels, specs, report = runInProcess(ct, result.model_path, SegmentOptions(device="cpu"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), got)
+    assert [s.name for s in specs] == ["Liver"] and report["labels"] == {"Liver": 1}
