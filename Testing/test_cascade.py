@@ -66,3 +66,28 @@ def test_a_tumour_stage_finds_nothing_outside_the_previous_organ():
     got = sitk.GetArrayFromImage(run_segmentation(image, model, device="cpu").labels)
     assert not got[2:5, 2:6, 2:6].any()
     np.testing.assert_array_equal(got == 2, sitk.GetArrayFromImage(truth) == 2)
+
+
+def test_a_later_stage_replaces_the_earlier_stages_answer_for_its_own_labels():
+    """RA-UNet: a rough 2-D liver only boxes the 3-D liver stage; the final liver is the 3-D stage's alone, not
+    the union of both (the rough stage here also takes the soft tissue around the liver)."""
+    ct, truth = make_phantom(shape_zyx=(24, 64, 72), spacing_zyx=(3.0, 1.8, 1.8), seed=9, lesion_diameters_mm=(12.0,))
+    image = encode_labels(ct, truth)
+    rough = _oracle((LIVER,), (-0.15,), name="rough liver")
+    t = sitk.GetArrayFromImage(truth)
+    alone = sitk.GetArrayFromImage(run_segmentation(image, rough, device="cpu").labels)
+    assert ((alone == 1) & (t == 0)).sum() > 100  # the rough stage overshoots
+    model = cascade([rough, _oracle((LIVER,), (0.25,), name="liver"), _oracle((TUMOR,), (0.7,), name="tumour")],
+                    [StageLink("box", margin_mm=10.0), StageLink("mask", margin_mm=3.0)])
+    got = sitk.GetArrayFromImage(run_segmentation(image, model, device="cpu").labels)
+    np.testing.assert_array_equal(got, t)
+
+
+def test_one_value_keeps_one_name_across_stages():
+    import dataclasses
+
+    import pytest
+
+    other = _oracle((dataclasses.replace(LIVER, name="Spleen"),), (0.25,), name="spleen")
+    with pytest.raises(ValueError, match="label value 1 is 'Liver' in one stage and 'Spleen'"):
+        cascade([_oracle((LIVER,), (0.25,)), other], [StageLink()])

@@ -4,7 +4,9 @@ RA-UNet finds the liver in 2-D, segments it in 3-D inside that box, then the tum
 ResUNet cascade segments the liver, then the tumour on liver-masked input. Each stage is an ordinary model
 (any network and inferer, spacing, window) run through the ordinary pipeline on the region its link asks
 for: the previous stage's organ box grown by a margin, optionally with the input masked to that organ and
-the stage's labels kept inside it. Later stages paint over earlier ones where they found something.
+the stage's labels kept inside it. Inside the region a later stage ran on, its answer for its own labels
+replaces the earlier stages' (RA-UNet's 3-D liver replaces the 2-D liver it was boxed by), and its labels paint
+over the earlier stages' other labels where it found something (the tumour over the liver).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def _grown_mask(mask: np.ndarray, spacing_xyz, margin_mm: float) -> np.ndarray:
     from .postprocess import dilate
 
     return dilate(mask, tuple(float(s) for s in spacing_xyz[::-1]), margin_mm)
+
+
+def _paint(region: np.ndarray, stage_labels: np.ndarray, stage: SegmentationModel) -> np.ndarray:
+    own = np.isin(region, [lab.value for lab in stage.config.labels])
+    return np.where(stage_labels > 0, stage_labels, np.where(own, 0, region))
 
 
 def segment_cascade(image, model: SegmentationModel, threshold_sets: list, run_stage, **options: Any) -> list:
@@ -86,7 +93,7 @@ def segment_cascade(image, model: SegmentationModel, threshold_sets: list, run_s
             stage_labels = sitk.GetArrayViewFromImage(results[0].labels)
             if mask is not None and link.region == "mask":
                 stage_labels = np.where(mask[where], stage_labels, 0)
-            combined[where] = np.where(stage_labels > 0, stage_labels, combined[where])
+            combined[where] = _paint(combined[where], stage_labels, stage)
         summaries.append({"stage": stage.config.name, "labels": [lab.name for lab in stage.config.labels],
                           "region_ijk": None if box is None else [list(b) for b in box],
                           "region": "whole" if link is None else link.region})
@@ -100,7 +107,7 @@ def segment_cascade(image, model: SegmentationModel, threshold_sets: list, run_s
         stage_labels = sitk.GetArrayViewFromImage(result.labels)
         if mask is not None and model.link is not None and model.link.region == "mask":
             stage_labels = np.where(mask[where], stage_labels, 0)
-        labels[where] = np.where(stage_labels > 0, stage_labels, labels[where])
+        labels[where] = _paint(labels[where], stage_labels, last_stage)
         probs = {}
         for name, prob in result.lesion_probability.items():
             full = np.zeros(shape, dtype=np.uint8)

@@ -212,8 +212,13 @@ class SegmentationModel:
 
     @property
     def output_labels(self) -> tuple:
-        """The labels a segmentation with this model can contain: every stage's, in stage order."""
-        return tuple(lab for stage in [*self.stages_before, self] for lab in stage.config.labels)
+        """The labels a segmentation with this model can contain: every stage's, in stage order, each value once
+        (a later stage may refine an earlier stage's label)."""
+        seen: dict[int, LabelSpec] = {}
+        for stage in [*self.stages_before, self]:
+            for lab in stage.config.labels:
+                seen.setdefault(lab.value, lab)
+        return tuple(seen.values())
 
     def __repr__(self) -> str:
         stage = f", localizer={self.localizer.config.name!r}" if self.localizer is not None else ""
@@ -224,12 +229,16 @@ class SegmentationModel:
 
 def cascade(stages: "list[SegmentationModel]", links: "list[StageLink]") -> SegmentationModel:
     """A cascade of single-network models: stage i+1 runs where stage i found its organ (``links[i]``). The
-    first stage runs on the whole volume (with its localiser, if it has one); labels must not repeat."""
+    first stage runs on the whole volume (with its localiser, if it has one). A label may repeat (a later stage
+    refines it inside its region: RA-UNet's 3-D liver after the 2-D one) but one value must keep one name."""
     if len(stages) < 2 or len(links) != len(stages) - 1:
         raise ValueError("a cascade needs at least two stages and one link between each pair")
-    values = [lab.value for stage in stages for lab in stage.config.labels]
-    if len(set(values)) != len(values):
-        raise ValueError(f"label values repeat across the stages ({values}); give each stage its own labels")
+    names: dict[int, str] = {}
+    for stage in stages:
+        for lab in stage.config.labels:
+            if names.setdefault(lab.value, lab.name) != lab.name:
+                raise ValueError(f"label value {lab.value} is {names[lab.value]!r} in one stage and {lab.name!r} in "
+                                 "another; give each stage the same labels for the same values")
     for stage in stages[:-1]:
         if not any(lab.role == "organ" for lab in stage.config.labels):
             raise ValueError(f"stage {stage.config.name!r} has no organ label, so no region for the next stage")

@@ -147,6 +147,13 @@ class Trainer:
         if dist.main:
             for i in val_ids:
                 ct, ref = by_id[i].load()
+                if region is not None:  # a later stage is validated on what it sees at inference
+                    from .stage_regions import crop_case_to_region
+
+                    cropped = crop_case_to_region(ct, ref, region)
+                    if cropped is None:
+                        continue
+                    ct, ref = cropped
                 val_data.append((i, ct, ref))
         return specs, cached, train_ids, val_ids, val_data
 
