@@ -134,3 +134,35 @@ def test_published_cascades_round_trip_and_segment_a_phantom(system, one_case, t
     labels, specs, report = runInProcess(ct, out, SegmentOptions(device="cpu"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), got)
     assert [s.name for s in specs] == ["Liver", "Tumor"]
+
+
+def test_cares_unet_semi_supervised_round_from_the_command_line(one_case, trained, tmp_path):
+    """README's sequence: a teacher, its pseudo-labels on unlabelled CT, a student trained from scratch on both
+    in CARes-UNet's 1:1 batches at full weight (its preset), used like any model."""
+    from LiverTumorSegLib.modelfile import load_model
+
+    folder, _, _ = one_case
+    preset, overrides = SYSTEMS["cares_unet"]
+    teacher = trained("cares_unet", preset, **overrides)
+    unlabelled, held_out = tmp_path / "unlabelled", tmp_path / "held-out"
+    for seed, where in ((5, unlabelled), (6, unlabelled), (7, held_out)):
+        where.mkdir(exist_ok=True)
+        ct, labels = make_phantom(shape_zyx=(32, 64, 64), spacing_zyx=(3.0, 3.0, 3.0), seed=seed)
+        sitk.WriteImage(ct, str(where / f"p{seed}.nii.gz"))
+    assert main(["pseudo-label", str(unlabelled), "-o", str(tmp_path / "pseudo"), "--model", str(teacher),
+                 "--device", "cpu", "--quiet"]) == 0
+    torch.manual_seed(0)
+    assert main(["train", str(folder), "--pseudo", str(tmp_path / "pseudo"), "-o", str(tmp_path / "student"),
+                 "--preset", "cares-unet", "--width", "4", "--arch-arg", "compressed_channels=8", "--labels", "liver",
+                 "--optimizer", "adam", "--lr", "3e-3", "--epochs", "8", "--steps-per-epoch", "12", "--crop", "64",
+                 "--batch-size", "4", "--tumor-fraction", "0", "--no-augment", "--warmup-epochs", "0",
+                 "--spacing", "3", "--window", "-100", "200", "--folds", "0", "--device", "cpu",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    student = load_model(tmp_path / "student" / "model.pt")
+    recipe = student.config.provenance["config"]
+    assert (recipe["pseudo_fraction"], recipe["pseudo_weight"], recipe["architecture"]) == (0.5, 1.0, "cares_unet")
+    assert main(["segment", str(held_out / "p7.nii.gz"), "-o", str(tmp_path / "out"), "--model",
+                 str(tmp_path / "student" / "model.pt"), "--device", "cpu", "--quiet"]) == 0
+    got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "p7.labels.nii.gz")))
+    truth = sitk.GetArrayFromImage(make_phantom(shape_zyx=(32, 64, 64), spacing_zyx=(3.0, 3.0, 3.0), seed=7)[1])
+    assert dice(got > 0, truth > 0) >= 0.85, f"student liver Dice {dice(got > 0, truth > 0):.3f}"

@@ -118,6 +118,20 @@ def test_epoch_samples_are_deterministic_and_oversample_tumour():
     assert 0.03 < background < 0.12
 
 
+def test_pseudo_fraction_fixes_the_share_of_pseudo_labelled_samples_whatever_their_number():
+    """CARes-UNet's 1:1 batches: 3 labelled and 30 pseudo-labelled cases give half and half, not 1 in 11."""
+    cases = [_case(seed, tumor=seed % 2 == 0) for seed in range(33)]
+    alike = epoch_samples(cases, 3000, epoch=0, seed=1, tumor_fraction=0.3, background_fraction=0.1)
+    assert alike == epoch_samples(cases, 3000, epoch=0, seed=1, tumor_fraction=0.3, background_fraction=0.1,
+                                  pseudo_fraction=None, n_labelled=3)  # unchanged without the option
+    assert np.mean([s.case < 3 for s in alike]) < 0.15
+    half = epoch_samples(cases, 3000, epoch=0, seed=1, tumor_fraction=0.3, background_fraction=0.1,
+                         pseudo_fraction=0.5, n_labelled=3)
+    assert 0.46 < np.mean([s.case < 3 for s in half]) < 0.54
+    tumour_labelled = [s for s in half if s.case < 3 and s.z in cases[s.case].lesion_slices]
+    assert {s.case for s in tumour_labelled} == {0, 2}  # tumour oversampling stays inside each group
+
+
 def test_channel_targets_nest_lesions_in_the_organ_only():
     labels = np.array([[0, 1, 2]], np.uint8)
     np.testing.assert_array_equal(channel_targets(labels, (LIVER, TUMOR)), [[[0, 1, 1]], [[0, 0, 1]]])

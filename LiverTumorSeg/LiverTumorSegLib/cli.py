@@ -208,11 +208,9 @@ def _stage_link(text: str):
     """``REGION[:MARGIN_MM[:mask-input]]``, e.g. ``mask:10:mask-input``."""
     from .modelfile import StageLink
 
-    parts = text.split(":")
     try:
-        return StageLink(parts[0], float(parts[1]) if len(parts) > 1 else 10.0,
-                         len(parts) > 2 and parts[2] == "mask-input")
-    except (ValueError, IndexError) as e:
+        return StageLink.parse(text)
+    except ValueError as e:
         raise argparse.ArgumentTypeError(f"a link is REGION[:MARGIN_MM[:mask-input]] with REGION box or mask ({e})")
 
 

@@ -192,6 +192,14 @@ class StageLink:
         if not self.margin_mm >= 0:
             raise ValueError("margin_mm must be >= 0")
 
+    @classmethod
+    def parse(cls, text: str) -> "StageLink":
+        """``REGION[:MARGIN_MM[:mask-input]]``, e.g. ``mask:10:mask-input`` (as ``livertumorseg cascade --link``)."""
+        parts = text.split(":")
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] != "mask-input"):
+            raise ValueError(f"{text!r} has more than REGION:MM:mask-input")
+        return cls(parts[0], float(parts[1]) if len(parts) > 1 else 10.0, len(parts) == 3)
+
 
 class SegmentationModel:
     """A network in eval mode together with the config that says how to use it; in a cascade, also the stages

@@ -27,22 +27,31 @@ class Sample:
 
 
 def epoch_samples(cases: list[CachedCase], n: int, epoch: int, seed: int, tumor_fraction: float,
-                  background_fraction: float) -> list[Sample]:
+                  background_fraction: float, pseudo_fraction: float | None = None,
+                  n_labelled: int | None = None) -> list[Sample]:
     """``n`` slices for one epoch: tumour slices oversampled, some liver-free slices for negatives.
 
     Cases are drawn uniformly (a 250-slice scan does not count more than an 80-slice one); pseudo-
-    labelled cases are drawn like labelled ones and down-weighted in the loss instead.
+    labelled cases are down-weighted in the loss. With ``pseudo_fraction`` that share of the samples comes
+    from the pseudo-labelled cases (``cases[n_labelled:]``) and the rest from the labelled ones, whatever
+    their numbers: CARes-UNet's 1:1 batches keep 100 labelled slices from drowning among 1,600 pseudo ones.
     """
     rng = np.random.default_rng([seed, epoch, 0x5A])
-    with_tumor = [i for i, c in enumerate(cases) if c.lesion_slices.size]
+    everyone = list(range(len(cases)))
+    groups = [everyone]
+    if pseudo_fraction is not None and n_labelled is not None and 0 < n_labelled < len(cases):
+        groups = [everyone[:n_labelled], everyone[n_labelled:]]
+    tumour_bearing = [[i for i in g if cases[i].lesion_slices.size] for g in groups]
     samples = []
     for index in range(n):
+        g = 0 if len(groups) == 1 else int(rng.random() < pseudo_fraction)
+        members, with_tumor = groups[g], tumour_bearing[g]
         u = rng.random()
         if u < tumor_fraction and with_tumor:
             ci = with_tumor[rng.integers(len(with_tumor))]
             pool = cases[ci].lesion_slices
         else:
-            ci = int(rng.integers(len(cases)))
+            ci = members[int(rng.integers(len(members)))]
             case = cases[ci]
             background = u >= 1 - background_fraction or case.organ_slices.size == 0
             pool = np.arange(case.image.shape[0]) if background else case.organ_slices

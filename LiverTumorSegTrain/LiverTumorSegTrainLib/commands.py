@@ -57,7 +57,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", type=lambda t: [v for v in t.split(",") if v], default=None, metavar="NAME,...",
                    help="train only these labels (e.g. liver: a localiser; tumour voxels count as liver)")
     g.add_argument("--pseudo", nargs="+", default=None, metavar="DIR", help="pseudo-labelled datasets")
-    g.add_argument("--pseudo-weight", type=float, default=None)
+    g.add_argument("--pseudo-weight", type=float, default=None,
+                   help="loss weight of pseudo-labelled samples (default 0.5)")
+    g.add_argument("--pseudo-fraction", type=float, default=None,
+                   help="share of each epoch's samples drawn from the pseudo-labelled cases (CARes-UNet: 0.5, its "
+                        "1:1 batches; default: cases drawn alike)")
     g.add_argument("--folds", type=int, default=None, help="k of the patient-level k-fold split (0: no validation)")
     g.add_argument("--fold", type=int, default=None, help="which fold validates (0..k-1)")
     g.add_argument("--val-cases", nargs="+", default=None, metavar="ID", help="explicit validation cases")
@@ -76,7 +80,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="3-D networks: slice spacing of the model grid")
     c = p.add_argument_group("cascade stage (train a stage that runs where a liver stage found the liver)")
     c.add_argument("--stage-margin", dest="stage_margin_mm", type=float, default=None, metavar="MM",
-                   help="train on each case's liver box grown by MM (as 'livertumorseg cascade --margin MM' runs it)")
+                   help="train on each case's liver box grown by MM (as 'livertumorseg cascade --link box:MM' runs it)")
     c.add_argument("--stage-mask-input", action="store_true", default=None,
                    help="voxels outside the grown liver reach the network as the bottom of its window")
     c.add_argument("--stage-liver-model", default=None, metavar="FILE",
@@ -217,9 +221,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_pseudo_label)
 
-    from . import crossval, demo, evaluate, export
+    from . import compare, crossval, demo, evaluate, export
 
     crossval.add_parser(sub)
+    compare.add_parser(sub)
     evaluate.add_parser(sub)
     export.add_parser(sub)
     demo.add_parser(sub)

@@ -27,6 +27,8 @@ class TrainConfig:
     pseudo: list[str] = field(default_factory=list)
     #: loss weight of pseudo-labelled samples relative to labelled ones (CARes-UNet's semi-supervision)
     pseudo_weight: float = 0.5
+    #: share of the samples drawn from pseudo-labelled cases (None: every case alike, however many are pseudo)
+    pseudo_fraction: float | None = None
     kind: str = "auto"
     #: train only these of the data's labels (e.g. ["liver"] for a localiser; tumour then counts as liver)
     labels: list[str] = field(default_factory=list)
@@ -113,6 +115,8 @@ class TrainConfig:
                              "focal_dice")
         if self.epochs < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1) or self.batch_size < 1:
             raise ValueError("epochs, steps per epoch and batch size must be at least 1")
+        if self.pseudo_fraction is not None and not 0.0 <= self.pseudo_fraction <= 1.0:
+            raise ValueError(f"pseudo_fraction must be in [0, 1], not {self.pseudo_fraction}")
         if not 0 <= self.fold < max(1, self.folds):
             raise ValueError(f"fold must be in 0..{self.folds - 1}")
 
@@ -152,9 +156,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ranger": dict(optimizer="ranger", lr=5e-4, schedule="cosine"),
     # The other published systems' recipes (seeds.md sections 2-5), with a patient-level split, 3-D evaluation and our
     # augmentation; widths and patch sizes as the authors had them (reduce them with --width / --arch-arg on a CPU).
-    # CARes-UNet: Ranger 5e-4, batch 4, soft Dice + cross-entropy on a softmax head (without the authors' sigmoid).
+    # CARes-UNet: Ranger 5e-4, batch 4, soft Dice + cross-entropy on a softmax head (without the authors' sigmoid);
+    # with --pseudo, half of each epoch's samples pseudo-labelled at full weight (the authors' 1:1 batches).
     "cares-unet": dict(architecture="cares_unet", base_width=64, context_slices=0, activation="softmax",
-                       loss="ce_dice", optimizer="ranger", lr=5e-4, batch_size=4, schedule="cosine"),
+                       loss="ce_dice", optimizer="ranger", lr=5e-4, batch_size=4, schedule="cosine",
+                       pseudo_fraction=0.5, pseudo_weight=1.0),
     # ResUNet cascade, liver stage then tumour stage on liver-masked input inside the liver's box (3 context slices
     # where the authors stacked one grey slice 3 times); soft Dice, Adam 1e-3.
     "resunet-liver": dict(architecture="resunet", base_width=16, context_slices=1, labels=["liver"], loss="dice",

@@ -207,12 +207,12 @@ def _check_label_values(image: sitk.Image, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _clean(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
     """JSON-safe copy: NaN/inf → None (strict JSON has no NaN), numpy scalars → Python, paths → str."""
     if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_ready(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -383,7 +383,7 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, output: str | Pa
                   "cases": cases, "failures": failures}
         write_text_atomic(paths["csv"], _csv_text(cases, failures), overwrite)
         write_text_atomic(paths["md"], summary + _per_case_markdown(cases), overwrite)
-        write_json_atomic(paths["json"], _clean(report), overwrite=overwrite)
+        write_json_atomic(paths["json"], json_ready(report), overwrite=overwrite)
     return {**agg, "by_group": by_group, "failures": failures, "markdown": summary}
 
 

@@ -139,6 +139,7 @@ class Trainer:
                 cached = prepare_cases([by_id[i] for i in train_ids], cfg.cache_dir, cfg.spacing_mm, lesion_values,
                                        progress=self.progress and dist.main, clip_hu=clip,
                                        spacing_z_mm=cfg.spacing_z_mm, region=region)
+                self.n_labelled = len(cached)  # the pseudo-labelled cases follow (``epoch_samples``)
                 cached += prepare_cases(pseudo, cfg.cache_dir, cfg.spacing_mm, lesion_values, weight=cfg.pseudo_weight,
                                         progress=self.progress and dist.main, clip_hu=clip,
                                         spacing_z_mm=cfg.spacing_z_mm, region=region)
@@ -213,7 +214,8 @@ class Trainer:
             t0 = time.perf_counter()
             net.train()
             samples = epoch_samples(cases, steps * cfg.batch_size * dist.world, epoch, cfg.seed,
-                                    cfg.tumor_fraction, cfg.background_fraction)
+                                    cfg.tumor_fraction, cfg.background_fraction, cfg.pseudo_fraction,
+                                    self.n_labelled)
             if dist.world > 1:  # each process its own disjoint share of the epoch's (already shuffled) samples
                 shard = torch.utils.data.DistributedSampler(samples, num_replicas=dist.world, rank=dist.rank,
                                                             shuffle=False, drop_last=True)
