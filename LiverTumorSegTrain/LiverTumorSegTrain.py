@@ -20,6 +20,8 @@ import slicer
 import vtk
 
 # Slicer finds the module's test class in this file; it lives in the module's library.
+# LiverTumorSeg (a dependency, so its folder is on sys.path) holds the one path bootstrap of the glue.
+from LiverTumorSegModuleLib.paths import ensureCorePackagesImportable
 from LiverTumorSegTrainModuleLib.selftest import LiverTumorSegTrainTest  # noqa: F401
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -36,22 +38,13 @@ from slicer.util import VTKObservationMixin
 LAYOUTS = ("lits", "msd")
 
 
-def _ensureCorePackagesImportable() -> None:
-    """The cores sit beside this file in an extension build; in a clone, LiverTumorSegLib is in ../LiverTumorSeg."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for folder in (here, os.path.join(os.path.dirname(here), "LiverTumorSeg")):
-        hasCore = any(os.path.isdir(os.path.join(folder, p)) for p in ("LiverTumorSegTrainLib", "LiverTumorSegLib"))
-        if hasCore and folder not in sys.path:
-            sys.path.insert(0, folder)
-
-
 def _segmentRole(name: str, terminology: str) -> str | None:
     """'liver', 'tumor' or None, by the same rule as segments read from .seg.nrrd files.
 
     ``terminology`` is Slicer's TerminologyEntry string; its third ``~`` field is the type
     (``scheme^code^meaning``), the form the core's rule reads from slicerio segment dicts.
     """
-    _ensureCorePackagesImportable()
+    ensureCorePackagesImportable()
     from LiverTumorSegTrainLib.datasets import segment_role
 
     fields = (terminology or "").split("~")
@@ -83,7 +76,7 @@ class LiverTumorSegTrain(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Liver Tumor Seg Training")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations"]
+        self.parent.dependencies = ["Segmentations", "LiverTumorSeg"]
         self.parent.contributors = ["LiverTumorSeg developers"]
         self.parent.helpText = _("""
 Exports the CT volumes of the scene that have a segmentation with a "Liver" segment (and optionally
@@ -265,7 +258,7 @@ class LiverTumorSegTrainLogic(ScriptedLoadableModuleLogic):
         For scripting from the Python console. It blocks Slicer until training ends, which can be
         hours: the recommended way is the headless command (``headlessCommand``) in a terminal.
         """
-        _ensureCorePackagesImportable()
+        ensureCorePackagesImportable()
         from LiverTumorSegTrainLib.commands import train_main
 
         try:
@@ -307,7 +300,7 @@ class LiverTumorSegTrainLogic(ScriptedLoadableModuleLogic):
         cases = self._casesToExport(volumeNodes)
         caseIds = _safeCaseIds([volumeNode.GetName() for volumeNode, _seg, _liver, _tumor in cases])
 
-        _ensureCorePackagesImportable()
+        ensureCorePackagesImportable()
         from LiverTumorSegTrainLib.export import export_dataset
 
         items = (self._caseItem(caseId, *case) for caseId, case in zip(caseIds, cases))

@@ -58,13 +58,13 @@ def test_systems_share_one_fold_and_one_table_and_a_rerun_trains_nothing(data, t
     assert [r["system"] for r in rows] == ["U-Net", "ResUNet cascade"]
     assert rows[0]["labels"] == ["Liver", "Tumor"] and rows[1]["labels"] == ["Liver", "Tumor"]
     assert rows[1]["stages"] == ["liver", "tumour"] and (out / "resunet" / "model.pt").exists()
-    saved = json.loads((out / "compare.json").read_text())
+    saved = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     (held_out,) = saved["val_cases"]
     for key in ("unet", "resunet"):
         assert (out / key / "predictions" / f"{held_out}.labels.nii.gz").exists()
         assert (out / key / "report.json").exists()
     assert all(r["parameters"] > 0 and r["train_minutes"] > 0 and r["seconds_per_ct"] > 0 for r in rows)
-    table = (out / "compare.md").read_text()
+    table = (out / "compare.md").read_text(encoding="utf-8")
     assert "| U-Net |" in table and "| ResUNet cascade |" in table and "1 held-out scans" in table
     assert not any(r["failures"] for r in rows)
 

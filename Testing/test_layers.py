@@ -72,3 +72,12 @@ def test_training_commands_still_reach_livertumorseg():
     out = subprocess.run([sys.executable, "-m", "LiverTumorSegLib", "train", "--help"], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0 and "--preset" in out.stdout
+
+
+def test_the_slicer_glue_has_one_path_bootstrap():
+    """Both modules find the cores through LiverTumorSegModuleLib.paths; only Scripts/train.py, which a plain
+    interpreter runs before anything of ours is importable, looks for them itself."""
+    inserting = sorted(str(p.relative_to(ROOT)) for folder in ("LiverTumorSeg", "LiverTumorSegTrain")
+                       for p in (ROOT / folder).rglob("*.py")
+                       if "sys.path.insert" in p.read_text(encoding="utf-8"))
+    assert inserting == ["LiverTumorSeg/LiverTumorSegModuleLib/paths.py", "LiverTumorSegTrain/Scripts/train.py"]

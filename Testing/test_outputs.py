@@ -85,7 +85,7 @@ def test_atomic_path_writes_only_on_success(tmp_path, name, suffix):
         assert os.path.dirname(temp) == str(tmp_path)
         assert os.path.basename(temp).startswith(".")
         assert temp.endswith(".tmp" + suffix)
-        with open(temp, "w") as f:
+        with open(temp, "w", encoding="utf-8") as f:
             f.write("payload")
         assert not final.exists()  # nothing under the real name until the block succeeded
     assert final.read_text(encoding="utf-8") == "payload"
@@ -96,7 +96,7 @@ def test_atomic_path_exception_leaves_nothing(tmp_path):
     final = tmp_path / "labels.nii.gz"
     with pytest.raises(RuntimeError, match="boom"):
         with atomic_path(final) as temp:
-            with open(temp, "w") as f:
+            with open(temp, "w", encoding="utf-8") as f:
                 f.write("half")
             raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []
@@ -113,14 +113,14 @@ def test_atomic_path_refuses_existing_then_overwrites(tmp_path):
     # A failing overwrite keeps the old file.
     with pytest.raises(ValueError):
         with atomic_path(final, overwrite=True) as temp:
-            with open(temp, "w") as f:
+            with open(temp, "w", encoding="utf-8") as f:
                 f.write("new but broken")
             raise ValueError
     assert final.read_text(encoding="utf-8") == "old"
     assert os.listdir(tmp_path) == ["report.json"]
 
     with atomic_path(final, overwrite=True) as temp:
-        with open(temp, "w") as f:
+        with open(temp, "w", encoding="utf-8") as f:
             f.write("new")
     assert final.read_text(encoding="utf-8") == "new"
     assert os.listdir(tmp_path) == ["report.json"]

@@ -67,7 +67,7 @@ def test_a_tumour_stage_trains_on_liver_crops_and_is_validated_on_them(tmp_path)
                       stage_margin_mm=8.0, stage_mask_input=True, device="cpu", cache_dir=str(tmp_path / "cache"),
                       calibrate_thresholds=False)
     train(cfg, progress=False)
-    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    log = json.loads((tmp_path / "run" / "log.json").read_text(encoding="utf-8"))
     records = log if isinstance(log, list) else log["epochs"]
     assert set(records[-1]["val_per_case"]) == {"p5"}  # validated, the masked crop not refused as non-CT
     *_, val_data = Trainer(cfg, resume=True, progress=False)._load_data(_Dist())

@@ -420,6 +420,9 @@ def console_main() -> None:
     traceback (threads and torch clean up at interpreter exit, after the command's own handler is gone)."""
     import signal
 
+    for stream in (sys.stdout, sys.stderr):  # a terminal without UTF-8 gets '?' for '≥', not a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     try:
         code = main()
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""Where the module's files and the cores are: the one path bootstrap of the module's glue."""
+"""Where the module's files and the cores are: the one path bootstrap of both modules' glue (the training module
+depends on this module, so this library is importable there too)."""
 
 from __future__ import annotations
 

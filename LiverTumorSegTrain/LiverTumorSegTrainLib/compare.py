@@ -129,7 +129,7 @@ def _system_model(system: System, stage_paths: list[Path], out: Path) -> Path:
 def _train_minutes(stage_paths: list[Path]) -> float:
     total = 0.0
     for model_path in stage_paths:
-        log = json.loads((model_path.parent / "log.json").read_text())
+        log = json.loads((model_path.parent / "log.json").read_text(encoding="utf-8"))
         total += sum(r.get("seconds", 0.0) + r.get("val_seconds", 0.0) for r in log)
     return total / 60.0
 

@@ -24,10 +24,9 @@ class LiverTumorSegTrainTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SimpleITK as sitk
         import sitkUtils
+        from LiverTumorSegModuleLib.paths import ensureCorePackagesImportable
 
-        from LiverTumorSegTrain import _ensureCorePackagesImportable
-
-        _ensureCorePackagesImportable()
+        ensureCorePackagesImportable()
         from LiverTumorSegLib.phantom import make_phantom
 
         ct, labels = make_phantom(shape_zyx=shape, spacing_zyx=(3.0, 2.0, 2.0), seed=7, orientation=orientation,
@@ -50,10 +49,9 @@ class LiverTumorSegTrainTest(ScriptedLoadableModuleTest):
 
         import numpy as np
         import SimpleITK as sitk
+        from LiverTumorSegModuleLib.paths import ensureCorePackagesImportable
 
-        from LiverTumorSegTrain import _ensureCorePackagesImportable
-
-        _ensureCorePackagesImportable()
+        ensureCorePackagesImportable()
         from LiverTumorSegTrainLib.datasets import find_cases
 
         self.delayDisplay("Exporting two phantom CTs")
