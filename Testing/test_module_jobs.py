@@ -327,7 +327,7 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return True
     return state not in ("Z", "X")
