@@ -93,7 +93,7 @@ def stage_config(system: System, stage: Stage, data: list[str], out: Path, folds
 def _train_stage(cfg, quiet: bool) -> Path:
     from .checkpoint import load_checkpoint
     from .config import TrainConfig
-    from .trainer import CHECKPOINT, MODEL, train
+    from .trainer import CHECKPOINT, MODEL, run_finished, train
 
     run = Path(cfg.output)
     resume = (run / CHECKPOINT).exists()
@@ -105,7 +105,7 @@ def _train_stage(cfg, quiet: bool) -> Path:
         if changed:
             raise LiverTumorSegError(f"{run} holds a run of another recipe ({', '.join(changed)} differ); move it "
                                      f"away or give another -o")
-        if saved["epoch"] + 1 >= cfg.epochs and (run / MODEL).exists():
+        if run_finished(run, cfg.epochs):
             return run / MODEL
     print(f"training {run}", flush=True)
     return train(cfg, resume=resume, progress=not quiet).model_path
@@ -138,17 +138,18 @@ def run_compare(data: list[str], out: Path, systems: tuple[System, ...] = SYSTEM
                 device: str = "auto", extra: dict[str, Any] | None = None, quiet: bool = False) -> dict:
     """Train (or resume) every stage of every system on the same fold, segment the fold's held-out cases with each
     system and write ``OUTDIR/compare.md|.json``: one row per system."""
+    import platform
+
+    import torch
+
     from LiverTumorSegLib.atomicfile import write_image_atomic, write_json_atomic, write_text_atomic
     from LiverTumorSegLib.modelfile import load_model
     from LiverTumorSegLib.pipeline import run_segmentation
 
-    from .datasets import find_cases
+    from .datasets import cases_by_id
     from .evaluate import evaluate_folders, json_ready
 
-    cases, sources = {}, {}
-    for root in data:
-        for c in find_cases(root):
-            cases[c.case_id], sources[c.case_id] = c, Path(root).resolve().name
+    cases, groups = cases_by_id(data)
     refs = out / "references"
     rows, val_ids = [], None
     for system in systems:
@@ -156,7 +157,8 @@ def run_compare(data: list[str], out: Path, systems: tuple[System, ...] = SYSTEM
                        for s in system.stages]
         model_path = _system_model(system, stage_paths, out)
         model = load_model(model_path, device="cpu")
-        ids = list(load_model(stage_paths[0]).config.provenance.get("val_cases", []))
+        first_stage = (model.stages_before or [model])[0]  # a cascade's stages share the split; the first says it
+        ids = list(first_stage.config.provenance.get("val_cases", []))
         if val_ids is None:
             val_ids = ids
         elif ids != val_ids:
@@ -175,7 +177,7 @@ def run_compare(data: list[str], out: Path, systems: tuple[System, ...] = SYSTEM
             if not quiet:
                 print(f"{system.title}: segmented {case_id} in {seconds[-1]:.1f} s", flush=True)
         report = evaluate_folders(preds, refs, out / system.key / "report", overwrite=True, progress=False,
-                                  groups=sources if len(set(sources.values())) > 1 else None)
+                                  groups=groups)
         networks = [model.network] + [s.network for s in model.stages_before]
         rows.append({"system": system.title, "key": system.key, "budget": system.budget_note,
                      "stages": [s.run for s in system.stages],
@@ -185,10 +187,6 @@ def run_compare(data: list[str], out: Path, systems: tuple[System, ...] = SYSTEM
                      "seconds_per_ct": sum(seconds) / len(seconds) if seconds else float("nan"),
                      "aggregate": {k: v for k, v in report.items() if k not in ("markdown", "failures")},
                      "failures": report["failures"]})
-    import platform
-
-    import torch
-
     hardware = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
                 if device in ("cpu", "auto") and not torch.cuda.is_available() else f"device {device}")
     table = compare_markdown(rows, val_ids or [], fold, folds, hardware)

@@ -15,15 +15,6 @@ from pathlib import Path
 from LiverTumorSegLib.errors import LiverTumorSegError
 
 
-def _fold_done(run: Path, epochs: int) -> bool:
-    from .checkpoint import load_checkpoint
-    from .trainer import CHECKPOINT, MODEL
-
-    if not (run / CHECKPOINT).exists() or not (run / MODEL).exists():
-        return False
-    return load_checkpoint(run / CHECKPOINT)["epoch"] + 1 >= epochs
-
-
 def run_crossval(args: argparse.Namespace) -> dict:
 
     from LiverTumorSegLib.atomicfile import write_image_atomic
@@ -31,9 +22,9 @@ def run_crossval(args: argparse.Namespace) -> dict:
     from LiverTumorSegLib.pipeline import run_segmentation
 
     from .commands import config_from_args
-    from .datasets import find_cases
+    from .datasets import cases_by_id
     from .evaluate import evaluate_folders
-    from .trainer import CHECKPOINT, MODEL, train
+    from .trainer import CHECKPOINT, MODEL, run_finished, train
 
     out = Path(args.output)
     folds = args.folds or 5
@@ -45,16 +36,13 @@ def run_crossval(args: argparse.Namespace) -> dict:
         fold_args.output, fold_args.folds, fold_args.fold = str(run), folds, k
         fold_args.resume = (run / CHECKPOINT).exists()
         cfg = config_from_args(fold_args)
-        if _fold_done(run, cfg.epochs):
+        if run_finished(run, cfg.epochs):
             print(f"fold {k + 1}/{folds}: already trained ({run / MODEL})")
             continue
         print(f"fold {k + 1}/{folds}: training in {run}", flush=True)
         train(cfg, resume=fold_args.resume, progress=not args.quiet)
 
-    cases, sources = {}, {}
-    for root in args.data:
-        for c in find_cases(root, kind=args.kind or "auto"):
-            cases[c.case_id], sources[c.case_id] = c, Path(root).resolve().name
+    cases, groups = cases_by_id(args.data, kind=args.kind or "auto")  # groups: a table per source
     preds, refs, probs = out / "predictions", out / "references", out / "probabilities"
     fold_of = {}
     for k in range(folds):
@@ -73,8 +61,6 @@ def run_crossval(args: argparse.Namespace) -> dict:
             write_image_atomic(result.labels, pred_path, overwrite=True)
             write_image_atomic(ref, refs / f"{case_id}.nii.gz", overwrite=True)
             print(f"fold {k + 1}: segmented {case_id}", flush=True)
-    several = len(set(sources.values())) > 1  # a table per source beside the totals
-    groups = sources if several else None
     report = evaluate_folders(preds, refs, out / "crossval", overwrite=True, progress=not args.quiet, groups=groups)
     print(report["markdown"])
     if probs.is_dir():

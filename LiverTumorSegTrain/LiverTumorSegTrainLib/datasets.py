@@ -24,6 +24,7 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,17 @@ def find_cases(root: str | os.PathLike, kind: str | None = "auto", include_unlab
     if not cases:
         raise LiverTumorSegError(f"no {kind} cases found in {root}; supported layouts: {SUPPORTED_LAYOUTS}")
     return _unique_ids(cases, root)
+
+
+def cases_by_id(roots: Sequence[str | os.PathLike], kind: str | None = "auto"
+                ) -> tuple[dict[str, LabeledCase], dict[str, str] | None]:
+    """The cases of several dataset folders by id, and each case's source (its folder's name) when there is more
+    than one folder, so that reports add a table per source beside the totals (None for one source)."""
+    cases, sources = {}, {}
+    for root in roots:
+        for case in find_cases(root, kind=kind):
+            cases[case.case_id], sources[case.case_id] = case, Path(root).resolve().name
+    return cases, (sources if len(set(sources.values())) > 1 else None)
 
 
 def _detect(root: Path, listing: list[tuple[Path, list[str], list[str]]]) -> str:

@@ -387,6 +387,16 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
+def run_finished(run: Path, epochs: int) -> bool:
+    """Whether ``run`` holds a model file and a checkpoint of its last epoch: rerunning crossval or compare then
+    trains nothing there."""
+    from .checkpoint import load_checkpoint
+
+    if not (run / CHECKPOINT).exists() or not (run / MODEL).exists():
+        return False
+    return load_checkpoint(run / CHECKPOINT)["epoch"] + 1 >= epochs
+
+
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
     """Train (or resume) a model as configured; returns where the model file is and the history."""
     if not math.isfinite(cfg.lr) or cfg.lr <= 0:
