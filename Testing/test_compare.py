@@ -7,6 +7,7 @@ import json
 
 import pytest
 import SimpleITK as sitk
+import torch
 
 from LiverTumorSegLib.cli import main
 from LiverTumorSegLib.errors import LiverTumorSegError
@@ -66,6 +67,7 @@ def test_systems_share_one_fold_and_one_table_and_a_rerun_trains_nothing(data, t
     assert all(r["parameters"] > 0 and r["train_minutes"] > 0 and r["seconds_per_ct"] > 0 for r in rows)
     table = (out / "compare.md").read_text(encoding="utf-8")
     assert "| U-Net |" in table and "| ResUNet cascade |" in table and "1 held-out scans" in table
+    assert f"{torch.get_num_threads()} torch threads; torch {torch.__version__}" in table  # seconds name their machine
     assert not any(r["failures"] for r in rows)
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/checkpoint.pt")}

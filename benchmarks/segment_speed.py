@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 from rss import peak_mib, reset_peak
 
 from LiverTumorSegLib.atomicfile import write_image_atomic
-from LiverTumorSegLib.environment import environment_info
+from LiverTumorSegLib.environment import environment_info, hardware_line
 from LiverTumorSegLib.modelfile import attach_localizer, load_model, save_model
 from LiverTumorSegLib.models import build_model
 from LiverTumorSegLib.phantom import make_phantom
@@ -129,9 +128,7 @@ def main() -> None:
     model = load_model(args.model or train_models(work))
     if model.localizer is None:
         raise SystemExit("the model has no localiser stage; attach one with livertumorseg attach-localizer")
-    info = environment_info()
-    print(f"CPU: {platform.processor() or platform.machine()} ({info['cpu_capability']}, bf16 "
-          f"{'native' if info['cpu_bf16'] else 'emulated'}), {info['cpu_threads']} threads; torch {info['torch']}")
+    print(f"CPU: {hardware_line('cpu')}")
     print(f"CT 512x512x{ct.GetSize()[2]}, liver on {len(liver_slices)} slices; model {model.config.name}: "
           f"{model.config.architecture} {model.config.architecture_kwargs}, {model.config.spacing_yx_mm} mm; "
           f"localiser {model.localizer.config.architecture_kwargs}, {model.localizer.config.spacing_yx_mm} mm")
@@ -170,8 +167,8 @@ def main() -> None:
         quality["dice_b_vs_truth"]["liver"], quality["dice_b_vs_truth"]["tumor"],
         quality["dice_c_vs_truth"]["liver"], quality["dice_c_vs_truth"]["tumor"]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "quality": quality, "environment": info},
-                                              indent=1, default=str), encoding="utf-8")
+        record = {"results": results, "quality": quality, "environment": environment_info()}
+        Path(args.json).write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,18 @@ def environment_info() -> dict[str, Any]:
             info["gpus"].append({"index": i, "name": torch.cuda.get_device_name(i),
                                  "free_memory_gb": round(free / 2**30, 2), "total_memory_gb": round(total / 2**30, 2)})
     return info
+
+
+def hardware_line(device: str = "cpu") -> str:
+    """One line saying where a time was measured, so that seconds printed by a benchmark or written into a
+    comparison table are never read without their machine."""
+    import torch
+
+    info = environment_info()
+    cpu = (f"{platform.processor() or platform.machine()} ({info['cpu_capability']}, bf16 "
+           f"{'native' if info['cpu_bf16'] else 'emulated'}), {info['cpu_threads']} torch threads; "
+           f"torch {info['torch']}")
+    if device in ("cpu", "auto") and not torch.cuda.is_available():
+        return cpu
+    gpu = ", ".join(g["name"] for g in info["gpus"]) or device
+    return f"{gpu}; {cpu}"

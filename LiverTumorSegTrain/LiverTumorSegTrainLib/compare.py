@@ -138,11 +138,8 @@ def run_compare(data: list[str], out: Path, systems: tuple[System, ...] = SYSTEM
                 device: str = "auto", extra: dict[str, Any] | None = None, quiet: bool = False) -> dict:
     """Train (or resume) every stage of every system on the same fold, segment the fold's held-out cases with each
     system and write ``OUTDIR/compare.md|.json``: one row per system."""
-    import platform
-
-    import torch
-
     from LiverTumorSegLib.atomicfile import write_image_atomic, write_json_atomic, write_text_atomic
+    from LiverTumorSegLib.environment import hardware_line
     from LiverTumorSegLib.modelfile import load_model
     from LiverTumorSegLib.pipeline import run_segmentation
 
@@ -187,9 +184,7 @@ def run_compare(data: list[str], out: Path, systems: tuple[System, ...] = SYSTEM
                      "seconds_per_ct": sum(seconds) / len(seconds) if seconds else float("nan"),
                      "aggregate": {k: v for k, v in report.items() if k not in ("markdown", "failures")},
                      "failures": report["failures"]})
-    hardware = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-                if device in ("cpu", "auto") and not torch.cuda.is_available() else f"device {device}")
-    table = compare_markdown(rows, val_ids or [], fold, folds, hardware)
+    table = compare_markdown(rows, val_ids or [], fold, folds, hardware_line(device))
     write_text_atomic(out / "compare.md", table, overwrite=True)
     write_json_atomic(out / "compare.json", json_ready({"fold": fold, "folds": folds, "val_cases": val_ids,
                                                         "systems": rows}), overwrite=True)
